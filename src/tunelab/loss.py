@@ -1,0 +1,79 @@
+"""Completion-only causal-LM loss that runs the LM head only where a token is supervised.
+
+Why: on Banking77 prompts under 10% of positions are supervised, and the full-vocabulary head
+(49,152 x 576 for SmolLM2) plus its fp32 logits and their gradient is the largest single cost of a
+LoRA step when computed everywhere (see benchmarks/README.md for the measured effect). transformers 5
+causal LMs take a boolean `logits_to_keep` [B, T] and apply `lm_head` to the kept hidden states only,
+returning logits [n_kept, V]; PEFT passes the argument through, so no library code is patched.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def _base_forward_params(model: torch.nn.Module) -> set[str]:
+    """Parameter names of the innermost causal LM's forward (through PEFT and accelerate wrappers)."""
+    inner = model
+    for attr in ("get_base_model", "module"):
+        getter = getattr(inner, attr, None)
+        if callable(getter):
+            inner = getter()
+        elif isinstance(getter, torch.nn.Module):
+            inner = getter
+    return set(inspect.signature(inner.forward).parameters)
+
+
+def _selective_ok(model: torch.nn.Module) -> bool:
+    """True when the model takes a boolean `logits_to_keep` and the sequence is not prefixed by PEFT."""
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return False  # prompt tuning prepends virtual tokens, so a [B, T] mask would not line up
+    cached = getattr(model, "_tunelab_selective_head", None)
+    if cached is None:
+        cached = "logits_to_keep" in _base_forward_params(model)
+        try:
+            model._tunelab_selective_head = cached  # plain attribute, read only by this module
+        except AttributeError:
+            pass
+    return cached
+
+
+def causal_lm_loss(
+    model: torch.nn.Module, inputs: dict, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum of next-token cross-entropies at supervised positions / `num_items_in_batch`.
+
+    Args:
+        model: a transformers causal LM, optionally wrapped by PEFT.
+        inputs: `input_ids`, `labels` (-100 = not supervised, unshifted) and `attention_mask` (padded
+            batches) or `position_ids` (packed rows), as produced by `tunelab.collate`.
+        num_items_in_batch: supervised tokens across the whole accumulation window (what
+            `transformers.Trainer` passes), or None to normalise by this batch's own supervised count.
+
+    Returns:
+        A scalar fp32 loss; 0 (with a graph) when nothing is supervised.
+    """
+    labels = inputs["labels"]
+    targets = labels[:, 1:]
+    supervised = targets != IGNORE
+    model_inputs = {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
+    if _selective_ok(model):
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = supervised
+        logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits
+    else:
+        logits = model(**model_inputs, use_cache=False).logits
+        logits = logits[:, -labels.shape[1] :][:, :-1][supervised]
+    total = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")
+    if num_items_in_batch is None:
+        num_items_in_batch = supervised.sum()
+    if torch.is_tensor(num_items_in_batch):
+        return total / num_items_in_batch.to(total.device).clamp(min=1)
+    return total / max(num_items_in_batch, 1)

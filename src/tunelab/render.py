@@ -1,0 +1,201 @@
+"""Records -> chat-template text -> token ids with completion-only labels.
+
+The prompt and the completion are tokenized separately: generation sees the prompt tokenized alone
+and continues from there, so training on the same split keeps train and inference token-identical.
+Labels cover the completion and the end-of-turn token and nothing else; the guards below refuse
+data on which the model would learn nothing, or would never learn to stop.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+from tunelab.config import Config
+
+IGNORE = -100
+
+
+class RenderError(ValueError):
+    """Examples that cannot be trained on; the message names each row (file:line)."""
+
+
+def _placeholders(template: str) -> list[str]:
+    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+@dataclass
+class RenderStats:
+    examples: int = 0
+    truncated: int = 0
+    truncated_rows: list[str] = field(default_factory=list)
+
+
+class Renderer:
+    """Turn records (see docs/ARCHITECTURE.md) into token ids for one tokenizer and config."""
+
+    def __init__(self, tokenizer, cfg: Config):
+        self.tok = tokenizer
+        self.cfg = cfg
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.end_ids = end_of_turn_ids(tokenizer)
+
+    # ------------------------------------------------------------------ text
+
+    def user_text(self, record: dict) -> str:
+        """The user turn: the template filled from the record's input columns."""
+        inputs = record.get("input") or {}
+        template = self.cfg.data.template
+        if not template:
+            return "\n".join(str(v) for v in inputs.values())
+        missing = [p for p in _placeholders(template) if p not in inputs]
+        if missing:
+            raise RenderError(f"{record.get('id', '?')}: data.template uses {{{missing[0]}}} but the record has "
+                              f"only the columns {sorted(inputs)}")
+        return template.format(**{k: "" if v is None else v for k, v in inputs.items()})
+
+    def prompt_messages(self, record: dict, system: str | None = None) -> list[dict]:
+        """Chat messages up to (not including) the answer."""
+        if record.get("messages"):
+            msgs = list(record["messages"])
+            return msgs[:-1] if msgs[-1]["role"] == "assistant" else msgs
+        sys_msg = system if system is not None else self.cfg.data.system
+        head = [{"role": "system", "content": sys_msg}] if sys_msg else []
+        return head + [{"role": "user", "content": self.user_text(record)}]
+
+    @staticmethod
+    def completion_text(record: dict) -> str | None:
+        if record.get("messages"):
+            last = record["messages"][-1]
+            return last["content"] if last["role"] == "assistant" else None
+        out = record.get("output")
+        return None if out is None else str(out)
+
+    # ------------------------------------------------------------------ ids
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of the prompt, ending with the assistant header the model continues from."""
+        if self.has_template:
+            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n"
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def completion_ids(self, messages: list[dict], completion: str) -> list[int]:
+        """Token ids of the answer through its end-of-turn token (what the model must produce)."""
+        if self.has_template:
+            prompt = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = self.tok.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                                tokenize=False)
+            tail = full[len(prompt):] if full.startswith(prompt) else completion
+            ids = self.tok(tail, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tok(completion, add_special_tokens=False)["input_ids"]
+        for i, t in enumerate(ids):
+            if t in self.end_ids:
+                return ids[: i + 1]   # drop what the template adds after the end of turn ("\n")
+        return ids + [self.tok.eos_token_id]
+
+    def encode(self, record: dict) -> Encoded:
+        """Prompt + completion ids with labels on the completion only; over-long prompts are cut in the middle."""
+        if self.cfg.task == "pretrain" or record.get("text") is not None and record.get("output") is None \
+                and not record.get("messages"):
+            ids = self.tok(record.get("text") or "", add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            cut = len(ids) > self.cfg.data.max_length
+            ids = ids[: self.cfg.data.max_length]
+            return Encoded(ids, list(ids), cut)
+        msgs = self.prompt_messages(record)
+        completion = self.completion_text(record)
+        c_ids = self.completion_ids(msgs, completion if completion is not None else "")
+        p_ids = self.prompt_ids(msgs)
+        if len(c_ids) > self.cfg.data.max_length:
+            # The answer alone does not fit: cut it, which loses its end-of-turn token, and let the
+            # EOS guard refuse the row rather than train on an answer that never ends.
+            c_ids = c_ids[: self.cfg.data.max_length]
+        budget = self.cfg.data.max_length - len(c_ids)
+        truncated = len(p_ids) > budget
+        if truncated:
+            # Keep the template header (system prompt, turn markers) and the end of the user turn,
+            # which carries the question and the assistant header; cut the middle.
+            head = max(budget // 4, 0)
+            p_ids = p_ids[:head] + p_ids[len(p_ids) - (budget - head):] if budget > 0 else []
+        labels = [IGNORE] * len(p_ids) + (list(c_ids) if completion is not None else [IGNORE] * len(c_ids))
+        return Encoded(p_ids + c_ids, labels, truncated)
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Token ids that end an assistant turn: EOS plus the special token the chat template closes turns with."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if getattr(tokenizer, "chat_template", None):
+        probe = [{"role": "user", "content": "q"}]
+        prompt = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(probe + [{"role": "assistant", "content": "a"}], tokenize=False)
+        if full.startswith(prompt):
+            special = set(tokenizer.all_special_ids)
+            for t in tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]:
+                if t in special:
+                    ids.add(t)
+                    break
+    return ids
+
+
+def encode_split(renderer: Renderer, records: list[dict], split: str) -> tuple[list[dict], RenderStats]:
+    """Encode every record of a split and run the supervision guards.
+
+    Raises:
+        RenderError: rows with zero supervised tokens, or whose end-of-turn token is not supervised.
+    """
+    out, stats, bad = [], RenderStats(), []
+    for rec in records:
+        enc = renderer.encode(rec)
+        stats.examples += 1
+        if enc.truncated:
+            stats.truncated += 1
+            stats.truncated_rows.append(rec.get("id", "?"))
+        problem = supervision_problem(enc.labels, renderer.end_ids, renderer.cfg.task)
+        if problem:
+            bad.append(f"  - {rec.get('id', '?')}: {problem}")
+        out.append({"input_ids": enc.input_ids, "labels": enc.labels, "id": rec.get("id")})
+    if bad:
+        raise RenderError(f"{split}: {len(bad)} example(s) cannot be trained on:\n" + "\n".join(bad[:20])
+                          + ("\n  ..." if len(bad) > 20 else ""))
+    return out, stats
+
+
+def supervision_problem(labels: list[int], end_ids: set[int], task: str) -> str | None:
+    """Why an example teaches nothing (or never to stop), or None when it is fine."""
+    supervised = [t for t in labels if t != IGNORE]
+    if not supervised:
+        return ("zero supervised tokens (empty answer, or the answer was truncated away by "
+                "data.max_length)")
+    if task != "pretrain" and supervised[-1] not in end_ids:
+        return ("the end-of-turn/EOS token is not supervised, so the model would never learn to stop "
+                "(is the answer longer than data.max_length, or are pad and EOS the same token and "
+                "masked as padding?)")
+    return None
+
+
+def check_batch(batch: dict, end_ids: set[int], task: str) -> None:
+    """Guard on a collated batch: every sequence still has a supervised end-of-turn token.
+
+    This catches the pad == eos trap in a collator (masking pad ids also masks the real EOS).
+    """
+    if task == "pretrain":
+        return
+    labels = batch["labels"]
+    if "position_ids" in batch and labels.shape[0] == 1:
+        starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [labels.shape[1]]
+        rows = [labels[0, a:b] for a, b in zip(starts, starts[1:])]
+    else:
+        rows = list(labels)
+    for i, row in enumerate(rows):
+        sup = row[row != IGNORE]
+        if sup.numel() == 0 or int(sup[-1]) not in end_ids:
+            raise RenderError(f"collated batch row {i}: {supervision_problem(sup.tolist(), end_ids, task)}")

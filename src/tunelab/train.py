@@ -1,0 +1,122 @@
+"""The `train` stage: base model + method + Trainer, validation, early stopping, `best/` and `last/`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import torch
+from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
+
+from tunelab.collate import make_collator
+from tunelab.config import Config
+from tunelab.methods import apply_method, describe_trainable, method_callbacks, param_groups
+from tunelab.models import load_model
+from tunelab.precision import Precision, choose
+from tunelab.render import Renderer, check_batch, encode_split
+from tunelab.rundir import RunDir
+from tunelab.trainer import BestCheckpoint, GradientGuard, RunLog, TunelabTrainer, save_model
+
+
+def encode_classification(renderer: Renderer, records: list[dict], labels: list[str], max_length: int) -> list[dict]:
+    """Text -> token ids (truncated to max_length) and the label's index, for a classification head."""
+    index = {l: i for i, l in enumerate(labels)}
+    out = []
+    for rec in records:
+        ids = renderer.tok(renderer.user_text(rec), truncation=True, max_length=max_length)["input_ids"]
+        out.append({"input_ids": ids, "labels": index[str(rec["output"])]})
+    return out
+
+
+def encode(cfg: Config, tokenizer, prepared, log=print) -> tuple[list[dict], list[dict], dict]:
+    """Encode train and validation splits; report truncation; run the supervision guards."""
+    renderer = Renderer(tokenizer, cfg)
+    if cfg.task == "classification":
+        tr = encode_classification(renderer, prepared.splits["train"], prepared.labels, cfg.data.max_length)
+        va = encode_classification(renderer, prepared.splits["validation"], prepared.labels, cfg.data.max_length)
+        return tr, va, {"truncated": sum(len(e["input_ids"]) >= cfg.data.max_length for e in tr)}
+    tr, st = encode_split(renderer, prepared.splits["train"], "train")
+    va, sv = encode_split(renderer, prepared.splits["validation"], "validation")
+    log(f"truncated to data.max_length={cfg.data.max_length}: {st.truncated} of {st.examples} train and "
+        f"{sv.truncated} of {sv.examples} validation examples"
+        + (f" (first: {', '.join(st.truncated_rows[:3])})" if st.truncated else ""))
+    return tr, va, {"truncated": st.truncated, "truncated_validation": sv.truncated}
+
+
+def training_args(cfg: Config, rd: RunDir, prec: Precision, n_train: int) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(rd.path / "checkpoints"),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        warmup_steps=t.warmup_ratio, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.log_every, logging_first_step=True,
+        eval_strategy="steps", eval_steps=t.eval_every, save_strategy="no",
+        bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
+        seed=t.seed, data_seed=t.seed, dataloader_num_workers=0, remove_unused_columns=False,
+        report_to=getattr(t, "report_to", None) or "none", disable_tqdm=False,
+    )
+
+
+def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
+    """Fine-tune and write `best/`, `last/`, `metrics.jsonl` and the `train` section of metrics.json.
+
+    Raises:
+        RenderError: examples with nothing supervised, or an unsupervised end-of-turn token.
+        TrainingStopped: a divergence guard fired (the message lists likely causes).
+    """
+    prec = choose(cfg.train)
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    set_seed(cfg.train.seed)
+    log(f"precision: {prec.reason}")
+    train_ex, val_ex, enc_stats = encode(cfg, tokenizer, prepared, log)
+
+    model = load_model(cfg.model, cfg.task, labels=prepared.labels)
+    model = apply_method(model, cfg.method, cfg.task)
+    about = describe_trainable(model, cfg.method, cfg.train)
+    (rd.path / "trainable.json").write_text(json.dumps(about, indent=2))
+    log(f"trainable parameters: {about['trainable']:,} of {about['total']:,} "
+        f"({100 * about['trainable'] / about['total']:.2f}%), lr {cfg.train.lr:g}"
+        + (f", LoRA scale {about['lora_scale']:g}" if about.get("lora_scale") else ""))
+    for w in about.get("warnings", []):
+        log(f"warning: {w}")
+
+    if cfg.task == "classification":
+        collator = DataCollatorWithPadding(tokenizer)
+    else:
+        collator = make_collator(tokenizer.pad_token_id, packing=False)
+        check_batch(collator(train_ex[: cfg.train.batch_size]), Renderer(tokenizer, cfg).end_ids, cfg.task)
+
+    best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))
+    trainer = TunelabTrainer(
+        model=model, args=training_args(cfg, rd, prec, len(train_ex)), train_dataset=train_ex,
+        eval_dataset=val_ex, data_collator=collator, processing_class=tokenizer,
+        optimizers=(optimizer, None), task=cfg.task, zero_loss_steps=cfg.train.zero_loss_steps,
+        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method)])
+    start = time.time()
+    out = trainer.train()
+    wall = time.time() - start
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    if not evaluated or evaluated[-1] != trainer.state.global_step:
+        trainer.evaluate()   # judge the final weights too, so best/ is the best of every state reached
+    save_model(model, tokenizer, rd.last)
+    if not rd.best.exists():
+        shutil.copytree(rd.last, rd.best)
+    shutil.rmtree(rd.path / "checkpoints", ignore_errors=True)
+    stats = {
+        "tokens_per_second": round(trainer.tokens_seen / wall, 1),
+        "supervised_tokens_per_second": round(trainer.supervised_seen / wall, 1),
+        "wall_seconds": round(wall, 1), "steps": trainer.state.global_step,
+        "best_step": best.best_step, "best_eval_loss": None if best.best_step is None else round(best.best_loss, 5),
+        "train_loss": round(out.training_loss, 5), "examples": len(train_ex), "tokens": trainer.tokens_seen,
+        "precision": prec.reason, "trainable_params": about["trainable"], "total_params": about["total"],
+        **enc_stats,
+    }
+    rd.update_metrics("train", stats)
+    log(f"trained {stats['steps']} steps in {wall:.0f}s ({stats['tokens_per_second']:.0f} tokens/s); "
+        f"best validation loss {stats['best_eval_loss']} at step {stats['best_step']}")
+    return stats

@@ -1,0 +1,148 @@
+"""`tunelab export`: merged weights reproduce the adapter model; unmerged exports reload; refusals are clear."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import logging as hf_logging
+
+from tiny import tiny_bert_classifier, tiny_examples, tiny_llama
+from tunelab import export
+from tunelab.config import config_from_dict
+from tunelab.methods import apply_method, param_groups, save_trained
+from tunelab.models import load_model, load_trained
+from tunelab.rundir import RunDir
+
+hf_logging.set_verbosity_error()
+TASK_OF = {"llama": "sft", "bert": "classification"}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {"llama": tiny_llama(root / "llama"), "bert": tiny_bert_classifier(root / "bert")}
+
+
+def make_run(tmp_path, folders, arch: str, method: str, **extra) -> tuple[RunDir, torch.nn.Module]:
+    """A run folder whose best/ holds `method` trained for a few steps at a high lr (so merging matters)."""
+    task = TASK_OF[arch]
+    cfg = config_from_dict({"name": method, "task": task, "runs_dir": str(tmp_path / "runs"),
+                            "data": {"train": "unused.jsonl"}, "model": {"name": str(folders[arch])},
+                            "method": {"name": method, "r": 4, "alpha": 8, "adapter_size": 8, **extra}})
+    rd = RunDir.create(cfg)
+    model = apply_method(load_model(cfg.model, task, num_labels=3 if task == "classification" else None),
+                         cfg.method, task)
+    tokenizer = AutoTokenizer.from_pretrained(folders[arch])
+    feats = tiny_examples(tokenizer, task, n=4)
+    batch = {k: torch.tensor([f[k] for f in feats]) for k in feats[0]}
+    opt = torch.optim.AdamW(param_groups(model, cfg.method, lr=5e-2, weight_decay=0.0))
+    model.train()
+    for _ in range(4):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    save_trained(model, rd.best)
+    tokenizer.save_pretrained(rd.best)
+    return rd, model
+
+
+def _chat_ids(folder) -> torch.Tensor:
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": "Where is my card?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    return tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_merged_export_reproduces_adapter_model(tmp_path, folders, method):
+    rd, _ = make_run(tmp_path, folders, "llama", method)
+    out = export.run(rd.path)
+
+    assert out == rd.path / "export"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "tunelab_export.json").read_text())
+    assert info["merged"] and info["max_abs_logit_diff"] <= export.TOLERANCE
+
+    cfg = rd.config()
+    adapter = load_trained(cfg.model, rd.best, "sft").eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = load_model(cfg.model, "sft").eval()
+    assert merged.dtype == torch.float32 and not isinstance(merged, PeftModel)
+    ids = _chat_ids(out)
+    # The adapter must really change the model, or agreeing with it would prove nothing.
+    assert (_logits(adapter, ids) - _logits(base, ids)).abs().max() > 1e-2
+    torch.testing.assert_close(_logits(merged, ids), _logits(adapter, ids), atol=1e-4, rtol=1e-4)
+    greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(merged.generate(input_ids=ids, **greedy), adapter.generate(input_ids=ids, **greedy))
+
+
+def test_merged_classifier_export_keeps_trained_head(tmp_path, folders):
+    rd, trained = make_run(tmp_path, folders, "bert", "lora")
+    out = export.run(rd.path)
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert merged.config.num_labels == 3
+    ids = AutoTokenizer.from_pretrained(out)("my card has not arrived", return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(_logits(merged, ids), _logits(trained, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_unmerged_export_is_a_loadable_peft_adapter(tmp_path, folders):
+    rd, trained = make_run(tmp_path, folders, "llama", "ia3")
+    out = export.run(rd.path, tmp_path / "adapter-out", merge=False)
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folders["llama"]), out).eval()
+    ids = _chat_ids(out)
+    torch.testing.assert_close(_logits(reloaded, ids), _logits(trained, ids))
+
+
+def test_prompt_tuning_cannot_merge_but_exports_unmerged(tmp_path, folders):
+    rd, _ = make_run(tmp_path, folders, "llama", "prompt_tuning", num_virtual_tokens=3)
+    with pytest.raises(export.ExportError, match="--no-merge"):
+        export.run(rd.path)
+    assert (export.run(rd.path, merge=False) / "adapter_config.json").is_file()
+
+
+def test_bottleneck_adapters_refuse_merge_and_round_trip_unmerged(tmp_path, folders):
+    rd, trained = make_run(tmp_path, folders, "bert", "adapter", adapter_kind="houlsby")
+    with pytest.raises(export.ExportError, match="cannot be merged"):
+        export.run(rd.path)
+    out = export.run(rd.path, merge=False)
+    cfg = rd.config()
+    reloaded = load_trained(cfg.model, out, "classification", labels=["a", "b", "c"]).eval()
+    ids = AutoTokenizer.from_pretrained(out)("please block my card", return_tensors="pt")["input_ids"]
+    # Equal logits mean both the adapters and the trained classification head came back.
+    torch.testing.assert_close(_logits(reloaded, ids), _logits(trained, ids))
+
+
+def test_full_weights_export_as_is(tmp_path, folders):
+    rd, trained = make_run(tmp_path, folders, "llama", "freeze", trainable_layers=1)
+    trained.save_pretrained(rd.best)  # freeze saves whole weights: best/ is a model folder
+    out = export.run(rd.path)
+    ids = _chat_ids(out)
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), ids), _logits(trained, ids))
+
+
+def test_check_parity_fails_above_tolerance_and_on_nan():
+    a = [torch.zeros(1, 3, 5)]
+    assert export.check_parity(a, [a[0] + 1e-5]) == pytest.approx(1e-5)
+    with pytest.raises(export.ExportError, match="max abs logit difference 0.01"):
+        export.check_parity(a, [a[0] + 1e-2])
+    with pytest.raises(export.ExportError):
+        export.check_parity(a, [torch.full_like(a[0], float("nan"))])
+
+
+def test_export_without_best_says_train_first(tmp_path, folders):
+    cfg = config_from_dict({"name": "empty", "runs_dir": str(tmp_path), "data": {"train": "x.jsonl"},
+                            "model": {"name": str(folders["llama"])}})
+    with pytest.raises(export.ExportError, match="train the run first"):
+        export.run(RunDir.create(cfg).path)

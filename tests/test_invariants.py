@@ -1,0 +1,193 @@
+"""Invariants that keep the training speed-ups honest, on a tiny random Llama (no downloads).
+
+(1) the supervised-only head gives the full-logit loss and gradients; (2) a packed row gives the same
+per-example losses as a padded batch (no cross-example attention); (3) batch 8 x accumulation 1 and
+batch 1 x accumulation 8 give the same gradients through real `transformers.Trainer` runs.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+from tunelab.collate import make_collator
+from tunelab.loss import causal_lm_loss
+
+PAD = 2
+VOCAB = 96
+
+
+def tiny_llama(attn: str = "sdpa", seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer random Llama, fp32, eval mode, tied embeddings like SmolLM2; init 0.2 so logits are far from uniform."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, initializer_range=0.2, pad_token_id=PAD, eos_token_id=PAD, bos_token_id=1,
+    )
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_examples(n: int, seed: int = 0) -> list[dict]:
+    """Variable-length examples: a prompt (labels -100) then a supervised completion ending in PAD (=eos)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 17))]
+        completion = [rng.randrange(3, VOCAB) for _ in range(rng.randint(1, 6))] + [PAD]
+        out.append({"input_ids": prompt + completion, "labels": [-100] * len(prompt) + completion})
+    return out
+
+
+def reference_loss(model, batch, num_items=None) -> torch.Tensor:
+    """transformers' own full-logit loss (shifted CE over labels != -100)."""
+    kwargs = {} if num_items is None else {"num_items_in_batch": num_items}
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"], **kwargs).loss
+
+
+# ---------------------------------------------------------------- (1) supervised-only head
+
+
+@pytest.mark.parametrize("num_items", [None, 50])
+def test_supervised_head_matches_full_logits(num_items):
+    model = tiny_llama()
+    batch = make_collator(PAD, packing=False)(make_examples(6))
+    ours = causal_lm_loss(model, batch, num_items)
+    ref = reference_loss(model, batch, num_items)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_supervised_head_gradients_through_peft():
+    """Same loss and LoRA gradients through a PeftModel wrapper (the path the trainer uses)."""
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    model = get_peft_model(tiny_llama(), lora)
+    batch = make_collator(PAD, packing=False, pad_to_multiple_of=8)(make_examples(5, seed=1))
+    grads = []
+    for loss_fn in (lambda: causal_lm_loss(model, batch, None), lambda: reference_loss(model, batch)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-6)
+    assert len(grads[0][1]) > 0
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_no_supervised_tokens_gives_zero_not_nan():
+    model = tiny_llama()
+    ex = make_examples(2)
+    for e in ex:
+        e["labels"] = [-100] * len(e["labels"])
+    loss = causal_lm_loss(model, make_collator(PAD, packing=False)(ex), None)
+    assert loss.item() == 0.0
+
+
+# ---------------------------------------------------------------- (2) packing
+
+
+def test_packed_collator_layout():
+    ex = make_examples(3)
+    batch = make_collator(PAD, packing=True, pad_to_multiple_of=16)(ex)
+    n = sum(len(e["input_ids"]) for e in ex)
+    assert batch["input_ids"].shape == batch["position_ids"].shape == batch["labels"].shape
+    assert batch["input_ids"].shape[0] == 1 and batch["input_ids"].shape[1] % 16 == 0
+    assert "attention_mask" not in batch  # transformers detects packing only without a mask
+    starts = [0]
+    for e in ex:
+        starts.append(starts[-1] + len(e["input_ids"]))
+    assert all(batch["position_ids"][0, s].item() == 0 for s in starts)
+    assert (batch["labels"][0, n:] == -100).all()
+    supervised = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in ex)
+    assert (batch["labels"] != -100).sum().item() == supervised
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_equals_unpacked_per_example(attn):
+    """Each example's loss inside a packed row equals its loss alone; fails if attention leaks across examples."""
+    model = tiny_llama(attn)
+    examples = make_examples(5, seed=2)
+    packed = make_collator(PAD, packing=True, pad_to_multiple_of=8)(examples)
+    padded = make_collator(PAD, packing=False)(examples)
+    torch.testing.assert_close(causal_lm_loss(model, packed, None), causal_lm_loss(model, padded, None), rtol=1e-5, atol=1e-6)
+    start = 0
+    for e in examples:
+        n = len(e["input_ids"])
+        only = dict(packed, labels=torch.full_like(packed["labels"], -100))
+        only["labels"][0, start + 1 : start + n] = packed["labels"][0, start + 1 : start + n]
+        alone = make_collator(PAD, packing=False)([e])
+        torch.testing.assert_close(causal_lm_loss(model, only, None), causal_lm_loss(model, alone, None), rtol=1e-5, atol=1e-6)
+        start += n
+
+
+def test_packing_without_position_ids_would_leak():
+    """Control: the same packed row with plain 0..T-1 positions gives different losses (the test above can fail)."""
+    model = tiny_llama()
+    examples = make_examples(4, seed=3)
+    packed = make_collator(PAD, packing=True)(examples)
+    leaky = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1]).unsqueeze(0))
+    padded = make_collator(PAD, packing=False)(examples)
+    assert not torch.allclose(causal_lm_loss(model, leaky, None), causal_lm_loss(model, padded, None), rtol=1e-3)
+
+
+# ---------------------------------------------------------------- (3) gradient accumulation
+
+
+class _LossTrainer(Trainer):
+    """Trainer that uses tunelab's loss, as tunelab's trainer does; `naive` normalises per micro-batch."""
+
+    def __init__(self, *args, naive: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.naive = naive
+        self.loss_is_scaled_for_ga = not naive
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return causal_lm_loss(model, inputs, None if self.naive else num_items_in_batch)
+
+
+class _GradSnapshot(TrainerCallback):
+    """Copies the accumulated gradients just before the (only) optimizer step."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+
+def _accumulated_grads(tmp_path, batch_size: int, accum: int, packing: bool, naive: bool = False) -> dict:
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"b{batch_size}a{accum}{packing}{naive}"), per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accum, max_steps=1, learning_rate=1e-3, max_grad_norm=0.0, use_cpu=True,
+        report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
+        train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0,
+    )
+    snap = _GradSnapshot(model)
+    trainer = _LossTrainer(
+        model=model, args=args, train_dataset=make_examples(8, seed=4), naive=naive,
+        data_collator=make_collator(PAD, packing=packing), callbacks=[snap],
+    )
+    trainer.train()
+    return snap.grads
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_batch8_equals_batch1_accum8(tmp_path, packing):
+    big = _accumulated_grads(tmp_path, 8, 1, packing)
+    small = _accumulated_grads(tmp_path, 1, 8, packing)
+    assert big.keys() == small.keys() and len(big) > 0
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_per_microbatch_mean_would_differ(tmp_path):
+    """Control: normalising each micro-batch by its own count changes the gradients on this data."""
+    big = _accumulated_grads(tmp_path, 8, 1, False)
+    naive = _accumulated_grads(tmp_path, 1, 8, False, naive=True)
+    assert any(not torch.allclose(naive[n], big[n], rtol=1e-2, atol=1e-3) for n in big)
