@@ -146,3 +146,44 @@ def test_export_without_best_says_train_first(tmp_path, folders):
                             "model": {"name": str(folders["llama"])}})
     with pytest.raises(export.ExportError, match="train the run first"):
         export.run(RunDir.create(cfg).path)
+
+
+def test_export_writes_a_model_card_with_the_runs_numbers(tmp_path, folders):
+    from tunelab import forgetting
+    from tunelab.report import comparison_table
+    from tunelab.significance import score_systems
+
+    rd, trained = make_run(tmp_path, folders, "llama", "lora")
+    refs = {str(i): ["card", "transfer", "other"][i % 3] for i in range(30)}
+    systems = {"zero_shot": {i: "other" for i in refs},
+               "few_shot": {i: r if int(i) % 2 else "card" for i, r in refs.items()},
+               "finetuned": {i: r if int(i) % 10 else "other" for i, r in refs.items()}}
+    rd.update_metrics("test", score_systems(systems, refs, ["accuracy", "f1_macro"], samples=200))
+    tok = AutoTokenizer.from_pretrained(folders["llama"])
+    rd.update_metrics("forgetting", forgetting.forgetting_probe(trained, tok, max_tokens=128))
+    rd.update_metrics("train", {"steps": 4, "examples": 4, "best_step": 4, "best_eval_loss": 5.1234,
+                                "trainable_params": 1234, "total_params": 56789})
+    card = (export.run(rd.path) / "README.md").read_text()
+
+    m = rd.metrics()
+    assert card.startswith('---\nlicense: "other"\nbase_model: "' + str(folders["llama"]) + '"')
+    assert "license: not recorded by tunelab" in card and "fine-tuned with lora" in card
+    assert comparison_table(m) in card and "| fine-tuned | 0.9333 [" in card
+    ft = m["test"]["finetuned"]
+    for other, name in (("zero_shot", "zero-shot (base)"), ("few_shot", "few-shot (base)")):
+        info = ft["paired"][other]
+        assert (f"- fine-tuned vs {name}: accuracy difference {info['delta']:+.4f} on 30 shared examples, "
+                f"mcnemar p = {ft['p_value_vs'][other]:.4g}") in card
+    f = m["forgetting"]
+    assert f["kl_mean"] > 0  # the trained adapter changed the model, so the probe has something to show
+    assert (f"perplexity {f['perplexity_base']:.4f} (base) -> {f['perplexity']:.4f} (fine-tuned), "
+            f"change {f['perplexity_change']:+.2%}") in card
+    assert f"mean KL(base || fine-tuned): {f['kl_mean']:.4f} nats/token" in card
+    assert "- best_eval_loss: 5.1234" in card and "- trainable_params: 1234" in card
+
+
+def test_model_card_of_an_embedded_base_model_names_its_license():
+    cfg = config_from_dict({"name": "demo", "data": {"train": "t.jsonl"}, "model": {"name": "smollm2-135m-instruct"}})
+    card = export.model_card(cfg, {}, {}, {"format": "safetensors", "merged": True})
+    assert card.startswith('---\nlicense: "apache-2.0"\nbase_model: "smollm2-135m-instruct"')
+    assert "license: Apache-2.0." in card and "(no test metrics)" in card and "Forgetting probe: not measured." in card

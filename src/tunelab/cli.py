@@ -23,10 +23,12 @@ OVERRIDES = typer.Argument(None, help="Config overrides as dotted key=value, e.g
 def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.config import ConfigError
     from tunelab.data.problems import DataError
+    from tunelab.evaluate import EvaluationFailed
+    from tunelab.export import ExportError
     from tunelab.methods import MethodError
     from tunelab.render import RenderError
     from tunelab.trainer import TrainingStopped
-    return ConfigError, DataError, RenderError, TrainingStopped, MethodError
+    return ConfigError, DataError, RenderError, TrainingStopped, MethodError, EvaluationFailed, ExportError
 
 
 def _guard(fn, *args):
@@ -103,6 +105,13 @@ def report(run_dir: Path):
     from tunelab.report import write_report
     from tunelab.rundir import RunDir
     typer.echo(str(_guard(write_report, RunDir(run_dir))))
+
+
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Evaluated run folders")):
+    """Compare evaluated runs: fine-tuned metrics with intervals and paired tests between runs."""
+    from tunelab import compare as stage
+    _guard(stage.run, runs)
 
 
 @app.command()

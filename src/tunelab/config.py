@@ -93,6 +93,7 @@ class TrainConfig(_Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "bf16", "fp32", "fp16"] = Field("auto", description="`auto`: bf16 autocast on CPUs with AVX512-BF16/AMX and bf16-capable GPUs, fp32 otherwise; fp16 only on GPUs.")
     eval_every: int = Field(50, ge=1, description="Compute validation loss every this many optimizer steps.")
+    eval_examples: int | None = Field(256, ge=1, description="Validation loss is computed on a fixed seeded subset of at most this many validation examples (None = all).")
     patience: int | None = Field(3, ge=1, description="Early stopping: stop after this many validations without improvement (None = off).")
     min_delta: float = Field(0.0, ge=0.0, description="Early stopping: smallest validation-loss decrease that counts as improvement.")
     zero_loss_steps: int = Field(20, ge=1, description="Stop when this many consecutive steps log a loss of exactly zero.")

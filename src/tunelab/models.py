@@ -123,13 +123,18 @@ def _convert_gguf(rm: ResolvedModel, cache: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    tmp = cache.with_name(cache.name + ".partial")
+    tmp = cache.with_name(f"{cache.name}.partial-{os.getpid()}")   # per process: two may convert at once
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "tunelab_source.json").write_text(json.dumps({"gguf": str(Path(rm.folder) / rm.gguf_file)}))
-    tmp.rename(cache)  # atomic: a crash mid-write never leaves a half cache that looks complete
+    try:
+        tmp.rename(cache)  # atomic: a crash mid-write never leaves a half cache that looks complete
+    except OSError:
+        if not (cache / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)   # another process finished first; its copy is identical
     print(f"cached in {time.time() - t0:.1f}s", flush=True)
 
 

@@ -19,27 +19,58 @@ def label_instruction(labels: list[str] | None) -> str:
     return "Answer with exactly one of these labels: " + ", ".join(labels) + ".\n\n"
 
 
-def pick_shots(train: list[dict], k: int, seed: int, labels: list[str] | None) -> list[dict]:
-    """k fixed training examples (seeded); with labels, each shot from a different label where possible."""
-    rng = random.Random(seed)
-    pool = [r for r in train if r.get("output") is not None or r.get("messages")]
-    rng.shuffle(pool)
-    if not labels:
-        return pool[:k]
-    shots, seen = [], set()
-    for r in pool:
-        if r["output"] not in seen:
-            shots.append(r)
-            seen.add(r["output"])
-        if len(shots) == k:
-            break
-    return shots
+def _text_of(rec: dict) -> str:
+    if rec.get("messages"):
+        return " ".join(m["content"] for m in rec["messages"] if m["role"] == "user")
+    return " ".join(str(v) for v in (rec.get("input") or {}).values())
+
+
+class ShotPicker:
+    """The k training examples shown to the few-shot baseline.
+
+    `fixed`: one seeded sample for every test example (with labels: each shot a different label where
+    possible), so all few-shot prompts share one prefix. `similar`: the k training examples closest to
+    the test input by TF-IDF cosine similarity, most similar last (nearest the question).
+    """
+
+    def __init__(self, train: list[dict], k: int, seed: int, labels: list[str] | None, selection: str = "fixed"):
+        self.pool = [r for r in train if r.get("output") is not None or r.get("messages")]
+        self.k, self.selection = k, selection
+        self.fixed = self._fixed(seed, labels)
+        self._index = None
+
+    def _fixed(self, seed: int, labels) -> list[dict]:
+        pool = list(self.pool)
+        random.Random(seed).shuffle(pool)
+        if not labels:
+            return pool[: self.k]
+        shots, seen = [], set()
+        for r in pool:
+            if r["output"] not in seen:
+                shots.append(r)
+                seen.add(r["output"])
+            if len(shots) == self.k:
+                break
+        return shots
+
+    def for_record(self, rec: dict) -> list[dict]:
+        if self.selection == "fixed":
+            return self.fixed
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        if self._index is None:
+            vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
+            self._index = (vec, vec.fit_transform([_text_of(r) for r in self.pool]))
+        vec, matrix = self._index
+        sims = (matrix @ vec.transform([_text_of(rec)]).T).toarray().ravel()
+        best = sims.argsort()[::-1][: self.k]
+        return [self.pool[i] for i in reversed(best)]
 
 
 class PromptBuilder:
     """Token ids of the prompt each system sees for a record."""
 
-    def __init__(self, renderer: Renderer, labels: list[str] | None, shots: list[dict]):
+    def __init__(self, renderer: Renderer, labels: list[str] | None, shots: ShotPicker):
         self.r, self.labels, self.shots = renderer, labels, shots
 
     def finetuned(self, rec: dict) -> list[int]:
@@ -50,7 +81,7 @@ class PromptBuilder:
 
     def few_shot(self, rec: dict) -> list[int]:
         turns = []
-        for shot in self.shots:
+        for shot in self.shots.for_record(rec):
             turns += self.r.prompt_messages(shot)[-1:]
             turns.append({"role": "assistant", "content": self.r.completion_text(shot) or ""})
         msgs = self.r.prompt_messages(rec)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
+from dataclasses import dataclass
 
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
+from tunelab import tracking
 from tunelab.collate import make_collator
 from tunelab.config import Config
 from tunelab.methods import apply_method, describe_trainable, method_callbacks, param_groups
@@ -45,7 +48,7 @@ def encode(cfg: Config, tokenizer, prepared, log=print) -> tuple[list[dict], lis
     return tr, va, {"truncated": st.truncated, "truncated_validation": sv.truncated}
 
 
-def training_args(cfg: Config, rd: RunDir, prec: Precision, n_train: int) -> TrainingArguments:
+def training_args(cfg: Config, rd: RunDir, prec: Precision) -> TrainingArguments:
     t = cfg.train
     return TrainingArguments(
         output_dir=str(rd.path / "checkpoints"),
@@ -57,11 +60,17 @@ def training_args(cfg: Config, rd: RunDir, prec: Precision, n_train: int) -> Tra
         eval_strategy="steps", eval_steps=t.eval_every, save_strategy="no",
         bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
         seed=t.seed, data_seed=t.seed, dataloader_num_workers=0, remove_unused_columns=False,
-        report_to=getattr(t, "report_to", None) or "none", disable_tqdm=False,
+        disable_tqdm=False, **tracking.configure(t.report_to, rd.path, cfg.name),
     )
 
 
-def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
+@dataclass
+class TrainResult:
+    stats: dict            # what metrics.json `train` holds
+    model: torch.nn.Module  # the model as trained (last state)
+
+
+def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> TrainResult:
     """Fine-tune and write `best/`, `last/`, `metrics.jsonl` and the `train` section of metrics.json.
 
     Raises:
@@ -73,6 +82,10 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
     set_seed(cfg.train.seed)
     log(f"precision: {prec.reason}")
     train_ex, val_ex, enc_stats = encode(cfg, tokenizer, prepared, log)
+    if cfg.train.eval_examples and len(val_ex) > cfg.train.eval_examples:
+        keep = sorted(random.Random(cfg.train.seed).sample(range(len(val_ex)), cfg.train.eval_examples))
+        val_ex = [val_ex[i] for i in keep]
+        log(f"validation loss on a fixed seeded subset of {len(val_ex)} validation examples (train.eval_examples)")
 
     model = load_model(cfg.model, cfg.task, labels=prepared.labels)
     model = apply_method(model, cfg.method, cfg.task)
@@ -93,7 +106,7 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
     best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))
     trainer = TunelabTrainer(
-        model=model, args=training_args(cfg, rd, prec, len(train_ex)), train_dataset=train_ex,
+        model=model, args=training_args(cfg, rd, prec), train_dataset=train_ex,
         eval_dataset=val_ex, data_collator=collator, processing_class=tokenizer,
         optimizers=(optimizer, None), task=cfg.task, zero_loss_steps=cfg.train.zero_loss_steps,
         callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method)])
@@ -119,4 +132,4 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
     rd.update_metrics("train", stats)
     log(f"trained {stats['steps']} steps in {wall:.0f}s ({stats['tokens_per_second']:.0f} tokens/s); "
         f"best validation loss {stats['best_eval_loss']} at step {stats['best_step']}")
-    return stats
+    return TrainResult(stats, model)

@@ -80,3 +80,13 @@ def test_missing_field_in_one_row_is_located():
     [p] = problems.items
     assert (p.kind, p.line, p.field) == ("missing_field", 2, "completion")
     assert "did you mean 'complete'?" in p.hint
+
+
+def test_configured_output_column_on_a_text_column_keeps_the_target():
+    # `text` alone is detected as plain text; naming an output column must still make it the target.
+    rs = rows({"text": "Tom buys apples at the market", "summary": "Tom buys apples."})
+    d = decide(rs, cols(rs), "auto", ["text"], "summary", "f.jsonl", Problems())
+    assert d.describe() == "configured: prompt_completion; input_columns=[text], output_column=summary"
+    rec = make_record(rs[0], d, None, Problems())
+    assert rec["input"] == {"text": "Tom buys apples at the market"} and rec["output"] == "Tom buys apples."
+    assert rec["text"] is None

@@ -37,7 +37,8 @@ def fingerprint_parts(cfg: Config, tokenizer) -> dict:
             inputs[split] = {str(p): sha256_file(p) for p in expand(spec, base)}
     return {"format": FORMAT_VERSION, "inputs": inputs, "data": cfg.data.model_dump(mode="json", by_alias=True),
             "model": cfg.model.name, "task": cfg.task, "seed": cfg.train.seed,
-            "max_labels": cfg.eval.max_labels, "tokenizer": tokenizer_identity(tokenizer)}
+            "max_labels": cfg.eval.max_labels, "references": cfg.eval.references,
+            "tokenizer": tokenizer_identity(tokenizer)}
 
 
 def fingerprint(parts: dict) -> str:
@@ -72,7 +73,7 @@ def _differences(old: dict, new: dict) -> list[str]:
     for key, val in new["data"].items():
         if old.get("data", {}).get(key) != val:
             out.append(f"data.{key} changed ({old.get('data', {}).get(key)!r} -> {val!r})")
-    for key in ("format", "model", "task", "seed", "max_labels"):
+    for key in ("format", "model", "task", "seed", "max_labels", "references"):
         if old.get(key) != new[key]:
             out.append(f"{key} changed ({old.get(key)!r} -> {new[key]!r})")
     if old.get("tokenizer") != new["tokenizer"]:

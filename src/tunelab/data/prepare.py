@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,7 @@ from tunelab.data import cache, chunk, clean, dedup, leakage, split, stats, vali
 from tunelab.data.ingest import ingest
 from tunelab.data.problems import Problems
 from tunelab.data.report import render_report
-from tunelab.data.schema import Decision, decide, key_text, make_record
+from tunelab.data.schema import Decision, decide, key_text, make_record, with_references
 
 SPLITS = cache.SPLITS
 MAX_FINDINGS = 50  # clusters, leaks and conflicts listed in the manifest (all are counted)
@@ -201,18 +201,36 @@ def _read(cfg: Config, problems: Problems, ledger: _Ledger, log) -> tuple[dict, 
             log(decision.describe())
             validate.check_template(d.template, decision, first_file, problems)
         else:
-            validate.check_columns(decision, ing.columns, first_file, problems)
+            validate.check_columns(_split_decision(cfg, s, decision), ing.columns, first_file, problems)
+        if s == "test" and cfg.eval.references:
+            validate.check_reference_columns(cfg.eval.references, ing.columns, first_file, problems)
         recs[s] = _records(s, ing.rows, decision, cfg, problems, ledger)
+    if cfg.eval.references and not d.test:
+        problems.add("references_without_test", "config", None, "eval.references",
+                     expected="a test file (data.test) holding the reference columns",
+                     found="no data.test: the test split would be carved from train")
     return recs, decision, files
+
+
+def _split_decision(cfg: Config, s: str, decision: Decision) -> Decision:
+    """The decision a split's rows are read with: with eval.references, test targets come from the
+    reference columns, so the test file need not have the training output column."""
+    if s == "test" and cfg.eval.references and decision.output_column:
+        return replace(decision, output_column=None)
+    return decision
 
 
 def _records(s: str, rows, decision: Decision, cfg: Config, problems: Problems, ledger: _Ledger) -> list[dict]:
     """Records for one split's rows; rows that cannot become records are problems (or, with
     `errors: skip`, warnings and dropped rows)."""
     skip, out = cfg.data.errors == "skip", []
+    refs = cfg.eval.references if s == "test" else None
+    split_decision = _split_decision(cfg, s, decision)
     for row in rows:
         local = Problems()
-        rec = make_record(row, decision, cfg.data.group_by, local)
+        rec = make_record(row, split_decision, cfg.data.group_by, local)
+        if rec is not None and refs:
+            rec = with_references(rec, row, refs, local)
         for p in local.items:
             problems.add(p.kind, p.file, p.line, p.field, p.expected, p.found, p.hint,
                          "warning" if skip else "error")
@@ -310,7 +328,8 @@ def _decisions(cfg: Config, decision: Decision, labels) -> dict:
             "validation": d.validation or f"carved {d.val_fraction:.0%} of train",
             "test": d.test or f"carved {d.test_fraction:.0%} of train", "group_by": d.group_by,
             "clean": d.clean, "dedup": d.dedup.model_dump(), "leakage": d.leakage,
-            "train_limit": d.train_limit, "task": cfg.task}
+            "train_limit": d.train_limit, "task": cfg.task,
+            "references": cfg.eval.references}
 
 
 def _write(data_dir: Path, splits: dict, manifest: dict) -> None:

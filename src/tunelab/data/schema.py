@@ -111,6 +111,8 @@ def decide(rows: list[Row], columns: list[str], schema: str, input_columns: list
         if base.schema in ("messages", "sharegpt") and not input_columns:
             return base
         shape = base.schema if base.schema not in ("messages", "sharegpt") else "prompt_completion"
+        if shape == "text" and output_column:
+            shape = "prompt_completion"   # a detected plain-text column plus a configured target
         return Decision(shape, input_columns or base.input_columns, output_column or base.output_column,
                         detected=False)
     if d is None:
@@ -159,6 +161,19 @@ def make_record(row: Row, d: Decision, group_by: str | None, problems: Problems)
     return rec
 
 
+def with_references(rec: dict, row: Row, columns: list[str], problems: Problems) -> dict | None:
+    """`rec` with `references` (the row's non-empty values of `columns`, in order) and `output` = the
+    first of them; None after recording a problem when the row has no reference at all."""
+    refs = [_as_text(row.fields[c]) for c in columns if c in row.fields]
+    refs = [r for r in refs if r.strip()]
+    if not refs:
+        problems.add("missing_reference", row.file, row.line, columns[0],
+                     expected=f"a non-empty value in one of {columns} (eval.references)",
+                     found=f"fields {list(row.fields)}", hint=did_you_mean(columns[0], list(row.fields)))
+        return None
+    return {**rec, "output": refs[0], "references": refs}
+
+
 def _turns(row: Row, d: Decision, problems: Problems) -> list[dict] | None:
     turns = row.fields.get(d.chat_column)
     if not isinstance(turns, list) or not turns:
@@ -204,4 +219,7 @@ def map_strings(rec: dict, fn) -> dict:
         out["messages"] = [{**t, "content": fn(t["content"])} for t in rec["messages"]]
     if rec.get("text") is not None:
         out["text"] = fn(rec["text"])
+    if rec.get("references"):
+        # Cleaned like `output` (which repeats the first reference), so the two stay equal.
+        out["references"] = [fn(r) for r in rec["references"]]
     return out

@@ -20,6 +20,14 @@ def check_columns(decision: Decision, columns: list[str], file: str, problems: P
                          found=f"columns {columns}", hint=did_you_mean(col, columns))
 
 
+def check_reference_columns(columns: list[str], found: list[str], file: str, problems: Problems) -> None:
+    """Every column named in eval.references must exist in the test file."""
+    for col in columns:
+        if col not in found:
+            problems.add("missing_column", file, 1, "eval.references", expected=f"a column named '{col}'",
+                         found=f"columns {found}", hint=did_you_mean(col, found))
+
+
 def check_template(template: str | None, decision: Decision, file: str, problems: Problems) -> None:
     """Every `{placeholder}` of data.template must name an input column."""
     if not template or decision.chat_column or decision.schema == "text":
