@@ -15,8 +15,10 @@ Model FLOPs per token (what the step must compute; wasted work such as padding i
   LoRA weights N_lora = sum r*(in+out): forward 2*N_lora + input grads 2*N_lora + weight grads 2*N_lora
   attention: 12 * layers * heads * head_dim * ctx, ctx = causal context of that token (fwd 4x, bwd 8x)
   LM head only at supervised tokens: 2*V*d forward + 2*V*d back to the hidden state (tied, frozen)
-MFU = model FLOPs/s / the best measured dense GEMM rate of this machine (bf16 and fp32 both measured:
-without AMX, avx512_bf16 GEMMs are not faster than fp32 ones here, so the larger of the two is the peak).
+MFU = FLOPs/s / the best measured dense GEMM rate of this machine (bf16 and fp32 both measured: without
+AMX, avx512_bf16 GEMMs are not faster than fp32 ones here, so the larger of the two is the peak). `mfu`
+counts the FLOPs tunelab's batch layout executes (a prompt prefix shared by the batch is computed once,
+so counted once; padding is never credited); `mfu_model_equivalent` counts every example separately.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from _common import banking77_examples, gemm_peak_gflops, load_avg, model_folder, peak_rss_gb, write_json  # noqa: E402
+from _flops import executed_flops, layout_counts, model_flops  # noqa: E402
 
 LORA = dict(r=16, alpha=32.0, dropout=0.0, target_modules="all-linear")
 
@@ -55,39 +58,16 @@ class StepClock(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-def count_batch(batch: dict) -> tuple[int, int]:
-    """(non-padding tokens, supervised targets) of a collated batch, padded or packed."""
-    mask = batch.get("attention_mask")
-    total = int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-    return total, int((batch["labels"][:, 1:] != -100).sum())
-
-
 class CountingCollator:
-    """Wraps a collator and queues each batch's token counts; batches are consumed in order."""
+    """Wraps a collator and queues each batch's `layout_counts`; batches are consumed in order."""
 
     def __init__(self, inner):
         self.inner, self.queue = inner, deque()
 
     def __call__(self, examples):
         batch = self.inner(examples)
-        self.queue.append(count_batch(batch))
+        self.queue.append(layout_counts(batch))
         return batch
-
-
-def flops_per_step(examples: list[dict], cfg, r: int) -> float:
-    """Model FLOPs (see the module docstring) of one step over `examples`."""
-    d, layers, heads, hd = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
-    kv, ff = cfg.num_key_value_heads * hd, cfg.intermediate_size
-    shapes = [(d, heads * hd), (d, kv), (d, kv), (heads * hd, d), (d, ff), (d, ff), (ff, d)]
-    n_lin = layers * sum(i * o for i, o in shapes)
-    n_lora = layers * sum(r * (i + o) for i, o in shapes)
-    total = 0.0
-    for e in examples:
-        n = len(e["input_ids"])
-        sup = sum(1 for t in e["labels"][1:] if t != -100)
-        ctx = n * (n + 1) / 2  # sum over positions of the causal context length
-        total += n * (4 * n_lin + 6 * n_lora) + 12 * layers * heads * hd * ctx + sup * 4 * cfg.vocab_size * d
-    return total
 
 
 def measure(trainer, clock: StepClock, counts, examples: list[dict], warmup: int, bs: int, r: int) -> dict:
@@ -95,16 +75,18 @@ def measure(trainer, clock: StepClock, counts, examples: list[dict], warmup: int
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    counts = list(counts)  # filled during training
     steps = len(clock.ends)
+    timed_counts = list(counts)[warmup:steps]  # filled during training, one entry per batch
     timed = clock.ends[-1] - clock.ends[warmup - 1] if warmup else clock.ends[-1] - t0
-    tot = sum(c[0] for c in counts[warmup:steps])
-    sup = sum(c[1] for c in counts[warmup:steps])
+    tot = sum(c["tokens"] for c in timed_counts)
+    sup = sum(c["supervised"] for c in timed_counts)
     cfg = trainer.model.get_base_model().config if hasattr(trainer.model, "get_base_model") else trainer.model.config
-    flops = flops_per_step(examples[warmup * bs : steps * bs], cfg, r)
-    return {"tokens_per_s": tot / timed, "supervised_per_s": sup / timed, "model_gflops_per_s": flops / timed / 1e9,
-            "timed_s": timed, "timed_steps": steps - warmup, "wall_s": wall, "peak_rss_gb": peak_rss_gb(),
-            "step_s": timed / (steps - warmup), "tokens_timed": tot, "loadavg_end": load_avg()}
+    model = model_flops(examples[warmup * bs : steps * bs], cfg, r)
+    executed = executed_flops(timed_counts, cfg, r)
+    return {"tokens_per_s": tot / timed, "supervised_per_s": sup / timed, "model_gflops_per_s": model / timed / 1e9,
+            "executed_gflops_per_s": executed / timed / 1e9, "timed_s": timed, "timed_steps": steps - warmup,
+            "wall_s": wall, "peak_rss_gb": peak_rss_gb(), "step_s": timed / (steps - warmup), "tokens_timed": tot,
+            "loadavg_end": load_avg()}
 
 
 # ---------------------------------------------------------------- the two sides
@@ -132,7 +114,7 @@ def run_tunelab(a, examples: list[dict], tok, out: str) -> dict:
     for p in model.parameters():  # LoRA weights and their AdamW state stay fp32 whatever the base dtype
         if p.requires_grad:
             p.data = p.data.float()
-    collator = CountingCollator(make_collator(tok.pad_token_id, packing=a.tl_packing))
+    collator = CountingCollator(make_collator(tok.pad_token_id, packing=a.tl_packing, share_prefix=a.tl_share_prefix))
     clock = StepClock()
     args = TrainingArguments(**common_args(a, out, bf16=a.tl_precision == "bf16-autocast",
                                            remove_unused_columns=False, max_grad_norm=1.0))
@@ -153,7 +135,7 @@ def run_peer(a, examples: list[dict], tok, out: str) -> dict:
 
     class CountingSFT(SFTTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            counts.append(count_batch(inputs))
+            counts.append(layout_counts(inputs))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
     model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=torch.float32, attn_implementation=a.attn)
@@ -198,27 +180,34 @@ def spawn(a, side: str) -> dict:
 
 
 def report(a, runs: dict, peaks: dict) -> dict:
+    """Print each side's best run, the ratio and tunelab's MFU; return the flat JSON object."""
     best = {side: max(rs, key=lambda r: r["tokens_per_s"]) for side, rs in runs.items()}
-    tl, peer = best["tunelab"], best.get("peer")
     peak = max(peaks["bf16_gflops"], peaks["fp32_gflops"])
-    flat = {"tunelab_tokens_per_s": tl["tokens_per_s"], "tunelab_supervised_per_s": tl["supervised_per_s"],
-            "tunelab_peak_rss_gb": tl["peak_rss_gb"], "peak_rss_gb": tl["peak_rss_gb"],
-            "mfu": tl["model_gflops_per_s"] / peak, "mfu_vs_bf16_peak": tl["model_gflops_per_s"] / peaks["bf16_gflops"],
-            "model_gflops_per_s": tl["model_gflops_per_s"], **peaks, "threads": a.threads, "batch_size": a.batch_size,
-            "steps": a.steps, "warmup": a.warmup, "tl_precision": a.tl_precision, "tl_packing": a.tl_packing,
-            "loadavg": load_avg()}
-    print(f"\nbf16 GEMM peak {peaks['bf16_gflops']:.0f} GFLOP/s ({peaks['bf16_shape']}), "
-          f"fp32 {peaks['fp32_gflops']:.0f} GFLOP/s ({peaks['fp32_shape']}); threads {a.threads}")
+    print(f"\nGEMM peak: bf16 {peaks['bf16_gflops']:.0f} GFLOP/s ({peaks['bf16_shape']}), fp32 "
+          f"{peaks['fp32_gflops']:.0f} GFLOP/s ({peaks['fp32_shape']}); threads {a.threads}, batch {a.batch_size}, "
+          f"{a.steps} timed steps after {a.warmup}")
+    flat = {**peaks, "gemm_peak_gflops": peak, "threads": a.threads, "batch_size": a.batch_size, "steps": a.steps,
+            "warmup": a.warmup, "tl_precision": a.tl_precision, "tl_packing": a.tl_packing,
+            "tl_share_prefix": a.tl_share_prefix, "loadavg": load_avg()}
     for side, r in best.items():
         print(f"{side:8s}: {r['tokens_per_s']:7.1f} tokens/s (non-padding), {r['supervised_per_s']:6.1f} supervised "
-              f"tokens/s, {r['model_gflops_per_s']:.0f} model GFLOP/s, peak RSS {r['peak_rss_gb']:.2f} GB")
-    if peer:
-        flat.update(train_ratio=tl["tokens_per_s"] / peer["tokens_per_s"], peer_tokens_per_s=peer["tokens_per_s"],
-                    peer_supervised_per_s=peer["supervised_per_s"], peer_peak_rss_gb=peer["peak_rss_gb"],
-                    supervised_ratio=tl["supervised_per_s"] / peer["supervised_per_s"])
+              f"tokens/s, peak RSS {r['peak_rss_gb']:.2f} GB, {r['executed_gflops_per_s']:.0f} GFLOP/s executed "
+              f"({r['executed_gflops_per_s'] / peak:.1%} MFU), {r['model_gflops_per_s']:.0f} GFLOP/s model-equivalent")
+        flat.update({f"{side}_tokens_per_s": r["tokens_per_s"], f"{side}_supervised_per_s": r["supervised_per_s"],
+                     f"{side}_peak_rss_gb": r["peak_rss_gb"], f"{side}_mfu": r["executed_gflops_per_s"] / peak,
+                     f"{side}_step_s": r["step_s"]})
+    if "tunelab" in best:
+        tl = best["tunelab"]
+        flat.update(peak_rss_gb=tl["peak_rss_gb"], mfu=tl["executed_gflops_per_s"] / peak,
+                    mfu_model_equivalent=tl["model_gflops_per_s"] / peak,
+                    mfu_vs_bf16_peak=tl["executed_gflops_per_s"] / peaks["bf16_gflops"])
+        print(f"tunelab MFU: {flat['mfu']:.1%} of the {peak:.0f} GFLOP/s GEMM peak in executed FLOPs "
+              f"({flat['mfu_vs_bf16_peak']:.1%} of the bf16 peak; {flat['mfu_model_equivalent']:.1%} counting "
+              f"the FLOPs of training each example separately)")
+    if len(best) == 2:
+        flat.update(train_ratio=best["tunelab"]["tokens_per_s"] / best["peer"]["tokens_per_s"],
+                    supervised_ratio=best["tunelab"]["supervised_per_s"] / best["peer"]["supervised_per_s"])
         print(f"ratio tunelab/peer: {flat['train_ratio']:.2f}x tokens/s, {flat['supervised_ratio']:.2f}x supervised tokens/s")
-    print(f"tunelab MFU: {flat['mfu']:.1%} of the {peak:.0f} GFLOP/s GEMM peak "
-          f"({flat['mfu_vs_bf16_peak']:.1%} of the bf16 peak)")
     return flat
 
 
@@ -235,6 +224,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["tunelab", "peer"], help="run one side only")
     ap.add_argument("--tl-precision", default="fp32", choices=["fp32", "bf16-autocast", "bf16-weights"])
     ap.add_argument("--tl-packing", type=int, default=1)
+    ap.add_argument("--tl-share-prefix", type=int, default=1)
     ap.add_argument("--tl-fused-adam", type=int, default=0)
     ap.add_argument("--json", help="write the figures to this file as one flat JSON object")
     ap.add_argument("--side", help=argparse.SUPPRESS)

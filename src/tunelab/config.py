@@ -86,6 +86,7 @@ class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    batching: Literal["padded", "packed", "shared_prefix"] = Field("shared_prefix", description="How a micro-batch is laid out: right-padded rows; one padding-free packed row; or packed with the prompt prefix the batch's examples share computed once (same loss and gradients, less work).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step; the loss is normalised by supervised tokens across the window.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Fraction of steps for linear warm-up.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")

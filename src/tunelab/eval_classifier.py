@@ -127,6 +127,20 @@ def _timed(systems: Systems, name: str, idx: list[int], fn) -> None:
     systems.log(f"evaluated {name} on {len(idx)} test examples in {systems.seconds[name]}s")
 
 
+def run_baselines(cfg: Config, systems: Systems, train: list[dict], labels: list[str], subset: list[int]) -> None:
+    """Predict the `subset` of the test examples with each baseline in `eval.baselines`."""
+    e, test = cfg.eval, systems.test
+    baselines = EmbeddingBaselines(base_encoder(cfg), systems.tok, systems.prec, e.batch_size, cfg.data.max_length)
+    start = time.time()
+    queries = baselines.encode([input_text(test[i]) for i in subset])
+    systems.seconds["baseline_test_embeddings"] = round(time.time() - start, 2)   # shared by both baselines
+    shots = shots_per_class(train, labels, e.few_shot_k, cfg.train.seed)
+    run = {"zero_shot": lambda: baselines.zero_shot(queries, labels),
+           "few_shot": lambda: baselines.few_shot(queries, shots)}
+    for name in e.baselines:
+        _timed(systems, name, subset, run[name])
+
+
 def evaluate_classifier(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
     """Score the fine-tuned head and the embedding baselines on the same test examples; write metrics.json
     `test`, `eval_seconds` and predictions.jsonl."""
@@ -146,16 +160,8 @@ def evaluate_classifier(cfg: Config, rd: RunDir, prepared, tokenizer, log=print)
         model, tokenizer, [renderer.user_text(r) for r in test], labels, prec, e.batch_size, cfg.data.max_length))
     del model
 
-    baselines = EmbeddingBaselines(base_encoder(cfg), tokenizer, prec, e.batch_size, cfg.data.max_length)
-    start = time.time()
-    queries = baselines.encode([input_text(test[i]) for i in subset]) if e.baselines else None
-    systems.seconds["baseline_test_embeddings"] = round(time.time() - start, 2)   # shared by both baselines
-    shots = shots_per_class(prepared.splits["train"], labels, e.few_shot_k, cfg.train.seed)
-    run = {"zero_shot": lambda: baselines.zero_shot(queries, labels),
-           "few_shot": lambda: baselines.few_shot(queries, shots)}
-    for name in e.baselines:
-        _timed(systems, name, subset, run[name])
-
+    if e.baselines:
+        run_baselines(cfg, systems, prepared.splits["train"], labels, subset)
     results = score(cfg, test, systems, subset, closed=True)
     for name, note in BASELINE_NOTES.items():
         if name in results:

@@ -136,8 +136,9 @@ def _card_header(cfg: Config, license_: str) -> list[str]:
 
 def _card_data(cfg: Config, manifest: dict) -> list[str]:
     d, acc = cfg.data, manifest.get("accounting", {})
-    lines = ["## Data", "", f"- train: `{d.train}`", f"- validation: `{d.validation or f'carved {d.val_fraction:.0%} of train'}`",
-             f"- test: `{d.test or f'carved {d.test_fraction:.0%} of train'}`"]
+    val = f"`{d.validation}`" if d.validation else f"carved {d.val_fraction:.0%} of train"
+    test = f"`{d.test}`" if d.test else f"carved {d.test_fraction:.0%} of train"
+    lines = ["## Data", "", f"- train: `{d.train}`", f"- validation: {val}", f"- test: {test}"]
     if acc:
         lines.append("- examples kept: " + ", ".join(f"{s} {a['kept']}" for s, a in acc.items()))
     if cfg.eval.references:

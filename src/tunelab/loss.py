@@ -30,11 +30,15 @@ def _base_forward_params(model: torch.nn.Module) -> set[str]:
     return set(inspect.signature(inner.forward).parameters)
 
 
+def _prompt_learning(model: torch.nn.Module) -> bool:
+    """True for PEFT prompt learning (prompt tuning etc.), which prepends virtual tokens to every row."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
 def _selective_ok(model: torch.nn.Module) -> bool:
     """True when the model takes a boolean `logits_to_keep` and the sequence is not prefixed by PEFT."""
-    peft_cfg = getattr(model, "active_peft_config", None)
-    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
-        return False  # prompt tuning prepends virtual tokens, so a [B, T] mask would not line up
+    if _prompt_learning(model):
+        return False  # virtual tokens are prepended, so a [B, T] mask would not line up
     cached = getattr(model, "_tunelab_selective_head", None)
     if cached is None:
         cached = "logits_to_keep" in _base_forward_params(model)
@@ -45,6 +49,19 @@ def _selective_ok(model: torch.nn.Module) -> bool:
     return cached
 
 
+def _model_inputs(model: torch.nn.Module, inputs: dict) -> dict:
+    """The batch keys the model takes; a boolean 4D mask (shared-prefix rows) made additive for eager attention."""
+    out = {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
+    mask = out.get("attention_mask")
+    if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool:
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+        if impl == "eager":  # eager adds the mask to the scores; sdpa takes booleans as they are
+            out["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        elif impl != "sdpa":
+            raise ValueError(f"shared-prefix batches need sdpa or eager attention, not {impl!r}")
+    return out
+
+
 def causal_lm_loss(
     model: torch.nn.Module, inputs: dict, num_items_in_batch: int | torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -53,7 +70,7 @@ def causal_lm_loss(
     Args:
         model: a transformers causal LM, optionally wrapped by PEFT.
         inputs: `input_ids`, `labels` (-100 = not supervised, unshifted) and `attention_mask` (padded
-            batches) or `position_ids` (packed rows), as produced by `tunelab.collate`.
+            batches), `position_ids` (packed rows) or both (shared-prefix rows), as made by `tunelab.collate`.
         num_items_in_batch: supervised tokens across the whole accumulation window (what
             `transformers.Trainer` passes), or None to normalise by this batch's own supervised count.
 
@@ -63,12 +80,15 @@ def causal_lm_loss(
     labels = inputs["labels"]
     targets = labels[:, 1:]
     supervised = targets != IGNORE
-    model_inputs = {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
+    model_inputs = _model_inputs(model, inputs)
     if _selective_ok(model):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = supervised
         logits = model(**model_inputs, logits_to_keep=keep, use_cache=False).logits
     else:
+        if "position_ids" in model_inputs and _prompt_learning(model):
+            raise ValueError("packed batches cannot be used with prompt tuning (its virtual tokens are prepended "
+                             "to the row); use make_collator(..., packing=False)")
         logits = model(**model_inputs, use_cache=False).logits
         logits = logits[:, -labels.shape[1] :][:, :-1][supervised]
     total = F.cross_entropy(logits.float(), targets[supervised], reduction="sum")

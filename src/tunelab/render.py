@@ -182,20 +182,18 @@ def supervision_problem(labels: list[int], end_ids: set[int], task: str) -> str 
     return None
 
 
-def check_batch(batch: dict, end_ids: set[int], task: str) -> None:
-    """Guard on a collated batch: every sequence still has a supervised end-of-turn token.
+def check_batch(batch: dict, end_ids: set[int], task: str, n_examples: int) -> None:
+    """Guard on a collated batch: each of its `n_examples` sequences still has a supervised end-of-turn token.
 
-    This catches the pad == eos trap in a collator (masking pad ids also masks the real EOS).
+    This catches the pad == eos trap in a collator (masking pad ids also masks the real EOS), whatever
+    the batch layout (padded rows, packed or shared-prefix rows).
     """
     if task == "pretrain":
         return
     labels = batch["labels"]
-    if "position_ids" in batch and labels.shape[0] == 1:
-        starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [labels.shape[1]]
-        rows = [labels[0, a:b] for a, b in zip(starts, starts[1:])]
-    else:
-        rows = list(labels)
-    for i, row in enumerate(rows):
-        sup = row[row != IGNORE]
-        if sup.numel() == 0 or int(sup[-1]) not in end_ids:
-            raise RenderError(f"collated batch row {i}: {supervision_problem(sup.tolist(), end_ids, task)}")
+    ends = sum(int((labels == t).sum()) for t in end_ids)
+    sup = labels[labels != IGNORE]
+    if ends < n_examples or sup.numel() == 0 or int(sup[-1]) not in end_ids:
+        raise RenderError(f"collated batch: only {ends} of {n_examples} sequences have a supervised end-of-turn "
+                          "token: the end-of-turn/EOS token is not supervised, so the model would never learn "
+                          "to stop (are pad and EOS the same token and masked as padding by the collator?)")

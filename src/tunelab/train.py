@@ -100,8 +100,10 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> TrainResul
     if cfg.task == "classification":
         collator = DataCollatorWithPadding(tokenizer)
     else:
-        collator = make_collator(tokenizer.pad_token_id, packing=False)
-        check_batch(collator(train_ex[: cfg.train.batch_size]), Renderer(tokenizer, cfg).end_ids, cfg.task)
+        collator = make_collator(tokenizer.pad_token_id, packing=cfg.train.batching != "padded",
+                                 share_prefix=cfg.train.batching == "shared_prefix")
+        sample = train_ex[: cfg.train.batch_size]
+        check_batch(collator(sample), Renderer(tokenizer, cfg).end_ids, cfg.task, len(sample))
 
     best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))

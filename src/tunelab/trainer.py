@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from tunelab.collate import token_counts
 from tunelab.loss import causal_lm_loss
 from tunelab.methods import save_trained
 from tunelab.rundir import RunDir
@@ -59,10 +60,13 @@ class TunelabTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        mask = inputs.get("attention_mask")
-        self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
-        labels = inputs["labels"]
-        self.supervised_seen += labels.numel() if labels.dim() == 1 else int((labels[:, 1:] != -100).sum())
+        if self.task == "classification":
+            self.tokens_seen += int(inputs["attention_mask"].sum())
+            self.supervised_seen += inputs["labels"].numel()
+        else:
+            tokens, supervised = token_counts(inputs)
+            self.tokens_seen += tokens
+            self.supervised_seen += supervised
         loss = super().training_step(model, inputs, num_items_in_batch)
         value = float(loss)
         step = self.state.global_step + 1
