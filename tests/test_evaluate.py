@@ -77,7 +77,7 @@ def summaries(root):
     tests = [{"text": text(i, "query"), "summary1": f"oscar papa kilo {i}", "summary2": "my card"} for i in range(12)]
     method = {"name": "lora", "r": 16, "alpha": 128, "target_modules": ["q_proj", "v_proj", "down_proj", "lm_head"]}
     return trained_run(root, "summaries", rows, tests, {"output_column": "summary"}, method,
-                       {"lr": 5e-2, "max_steps": 20},
+                       {"lr": 1e-2, "max_steps": 20},
                        {"references": ["summary1", "summary2"], "max_labels": 2, "max_new_tokens": 8})
 
 

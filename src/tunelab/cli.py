@@ -21,6 +21,7 @@ OVERRIDES = typer.Argument(None, help="Config overrides as dotted key=value, e.g
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from tunelab.compare import CompareError
     from tunelab.config import ConfigError
     from tunelab.data.problems import DataError
     from tunelab.evaluate import EvaluationFailed
@@ -28,7 +29,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunelab.methods import MethodError
     from tunelab.render import RenderError
     from tunelab.trainer import TrainingStopped
-    return ConfigError, DataError, RenderError, TrainingStopped, MethodError, EvaluationFailed, ExportError
+    return (ConfigError, DataError, RenderError, TrainingStopped, MethodError, EvaluationFailed, ExportError,
+            CompareError)
 
 
 def _guard(fn, *args):

@@ -81,22 +81,24 @@ class Systems:
         self.predictions[name] = {str(i): t for i, t in zip(idx, texts)}
 
 
-def budget_subset(cfg: Config, test: list[dict], systems: Systems, model, build, log) -> list[dict]:
-    """Honour eval.time_budget_s: time a calibration slice, then keep a seeded subset that fits."""
+def budget_subset(cfg: Config, rd: RunDir, test: list[dict], systems: Systems, model, build, log) -> list[dict]:
+    """Honour eval.time_budget_s: time one batch, then keep a seeded subset that fits; record the decision."""
     if not cfg.eval.time_budget_s:
         return test
-    probe = seeded_sample(len(test), min(len(test), 2 * cfg.eval.batch_size), cfg.train.seed)
+    probe = seeded_sample(len(test), min(len(test), cfg.eval.batch_size), cfg.train.seed)
     start = time.time()
     systems.run("calibration", model, build, probe)
     per_example = (time.time() - start) / len(probe)
+    systems.predictions.pop("calibration", None)
     runs = 1 + len(cfg.eval.baselines)        # the fine-tuned model and each baseline
     fits = int(cfg.eval.time_budget_s / (per_example * runs))
-    systems.predictions.pop("calibration", None)
-    if fits >= len(test):
-        return test
     keep = seeded_sample(len(test), max(fits, 1), cfg.train.seed)
-    log(f"time budget {cfg.eval.time_budget_s:g}s: evaluating a fixed seeded subset of {len(keep)} of "
-        f"{len(test)} test examples ({per_example:.2f}s per example per system)")
+    note = {"time_budget_s": cfg.eval.time_budget_s, "seconds_per_example": round(per_example, 3),
+            "evaluated": len(keep), "test_examples": len(test)}
+    rd.update_metrics("evaluation", note)
+    if len(keep) < len(test):
+        log(f"time budget {cfg.eval.time_budget_s:g}s: evaluating a fixed seeded subset of {len(keep)} of "
+            f"{len(test)} test examples ({per_example:.2f}s per example per system)")
     return [test[i] for i in keep]
 
 
@@ -127,7 +129,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> dict:
     prompts = PromptBuilder(renderer, labels if closed else None, shots)
     model = load_trained(cfg.model, rd.best, cfg.task, labels=labels)
     systems = Systems(cfg, test, renderer, trie, tokenizer, prec, log)
-    test = systems.test = budget_subset(cfg, test, systems, model, prompts.finetuned, log)
+    test = systems.test = budget_subset(cfg, rd, test, systems, model, prompts.finetuned, log)
     subset = (stratified_subset(test, cfg.eval.baseline_per_class, cfg.train.seed)
               if cfg.eval.baseline_per_class and closed else list(range(len(test))))
 

@@ -75,6 +75,10 @@ def write_report(rd: RunDir) -> Path:
     parts = [f"# tunelab run `{cfg.name}`", "",
              f"Model `{cfg.model.name}`, method `{cfg.method.name}`, task `{cfg.task}`.", "",
              "## Test set: fine-tuned vs prompting the same base model", "", comparison_table(m), ""]
+    ev = m.get("evaluation", {})
+    if ev and ev.get("evaluated", 0) < ev.get("test_examples", 0):
+        parts += [f"Time budget {ev['time_budget_s']:g} s: a fixed seeded subset of {ev['evaluated']} of "
+                  f"{ev['test_examples']} test examples was evaluated.", ""]
     if tr:
         parts += ["## Training", "",
                   f"- {tr.get('steps')} optimizer steps in {tr.get('wall_seconds')} s "
