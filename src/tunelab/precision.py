@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +26,53 @@ def cpu_bf16_flags() -> tuple[str, ...]:
             flags.update(line.split(":", 1)[1].split())
             break
     return tuple(sorted(flags & {"avx512_bf16", "amx_bf16"}))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _gemm_seconds(dtype, reps: int = 7) -> float:
+    # A LoRA-training-sized matmul (1024 tokens x hidden 576 -> 1536): the shape the step is made of.
+    x, w = torch.randn(1024, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+    torch.nn.functional.linear(x, w)
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bf16_speedup() -> float:
+    """Measured fp32 / bf16 matmul time on this CPU (> 1: bf16 is faster), cached per CPU model and flags.
+
+    Why measure: AVX512-BF16 without AMX has the same FLOPs per cycle as fp32 FMA, and bf16 autocast
+    adds weight casts, so bf16 can be slower than fp32 (measured 0.5x on such a CPU); with AMX it is
+    several times faster. The flags alone do not tell which.
+    """
+    from tunelab.models import tunelab_home
+
+    key = f"{_cpu_model()}|{','.join(cpu_bf16_flags())}|torch {torch.__version__}"
+    cache = tunelab_home() / "hardware.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        ratios = []
+        for _ in range(3):   # interleaved, so both dtypes see the same load on a shared machine
+            ratios.append(_gemm_seconds(torch.float32) / _gemm_seconds(torch.bfloat16))
+        known[key] = {"bf16_speedup": round(sorted(ratios)[1], 3)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=2))
+    return known[key]["bf16_speedup"]
 
 
 @dataclass(frozen=True)
@@ -57,10 +106,19 @@ def choose(cfg: TrainConfig) -> Precision:
         flags = cpu_bf16_flags()
         if cfg.precision == "fp16":
             raise ConfigError("train.precision=fp16 is not supported on CPU; use auto, bf16 or fp32")
-        if cfg.precision == "bf16" or (cfg.precision == "auto" and flags):
-            why = f"CPU has {', '.join(flags)}" if flags else "asked for bf16 (this CPU has no bf16 instructions: slow)"
-            return Precision("cpu", True, False, f"bf16 autocast: {why}")
-        return Precision("cpu", False, False, "fp32: this CPU has no AVX512-BF16/AMX" if cfg.precision == "auto" else "fp32 as asked")
+        if cfg.precision == "bf16":
+            why = f"CPU has {', '.join(flags)}" if flags else "this CPU has no bf16 instructions: slow"
+            return Precision("cpu", True, False, f"bf16 autocast as asked ({why})")
+        if cfg.precision == "fp32":
+            return Precision("cpu", False, False, "fp32 as asked")
+        if not flags:
+            return Precision("cpu", False, False, "fp32: this CPU has no AVX512-BF16/AMX")
+        speedup = bf16_speedup()
+        if "amx_bf16" in flags or speedup >= 1.1:
+            return Precision("cpu", True, False, f"bf16 autocast: CPU has {', '.join(flags)}; "
+                                                 f"measured bf16 matmul {speedup:.2f}x fp32")
+        return Precision("cpu", False, False, f"fp32: CPU has {', '.join(flags)} but no AMX, and bf16 matmuls "
+                                              f"measured {speedup:.2f}x fp32 here (train.precision=bf16 forces it)")
     bf16_ok = torch.cuda.is_bf16_supported()
     if cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_ok):
         return Precision("cuda", True, False, "bf16 autocast on GPU")

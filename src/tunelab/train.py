@@ -100,8 +100,13 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> TrainResul
     if cfg.task == "classification":
         collator = DataCollatorWithPadding(tokenizer)
     else:
-        collator = make_collator(tokenizer.pad_token_id, packing=cfg.train.batching != "padded",
-                                 share_prefix=cfg.train.batching == "shared_prefix")
+        batching = cfg.train.batching
+        if cfg.method.name == "prompt_tuning" and batching != "padded":
+            # Virtual tokens are prepended to every row, which a packed row cannot express.
+            log(f"train.batching={batching} does not fit prompt tuning's virtual tokens: using padded")
+            batching = "padded"
+        collator = make_collator(tokenizer.pad_token_id, packing=batching != "padded",
+                                 share_prefix=batching == "shared_prefix")
         sample = train_ex[: cfg.train.batch_size]
         check_batch(collator(sample), Renderer(tokenizer, cfg).end_ids, cfg.task, len(sample))
 

@@ -1,0 +1,37 @@
+"""Precision choice: explicit settings are honoured, fp16 is refused on CPU, auto is measured and cached."""
+
+import json
+
+import pytest
+import torch
+
+from tunelab.config import ConfigError, TrainConfig
+from tunelab.precision import bf16_speedup, choose, cpu_bf16_flags
+
+
+def test_explicit_choices_on_cpu():
+    assert choose(TrainConfig(precision="fp32", device="cpu")).autocast_dtype is None
+    p = choose(TrainConfig(precision="bf16", device="cpu"))
+    assert p.bf16 and p.autocast_dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 is not supported on CPU"):
+        choose(TrainConfig(precision="fp16", device="cpu"))
+
+
+def test_auto_follows_the_measured_speedup(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path))
+    p = choose(TrainConfig(device="cpu"))
+    if not cpu_bf16_flags():
+        assert not p.bf16 and "no AVX512-BF16" in p.reason
+        return
+    speedup = bf16_speedup()
+    cached = json.loads((tmp_path / "hardware.json").read_text())
+    assert [v["bf16_speedup"] for v in cached.values()] == [speedup]
+    assert p.bf16 == ("amx_bf16" in cpu_bf16_flags() or speedup >= 1.1)
+    assert f"{speedup:.2f}x" in p.reason
+
+
+def test_cuda_requested_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        choose(TrainConfig(device="cuda"))
