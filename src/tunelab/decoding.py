@@ -84,11 +84,12 @@ class Decoder:
                 results[i] = d
         return results  # type: ignore[return-value]
 
-    def _forward(self, ids, mask, pos, cache):
+    def _forward(self, ids, mask, pos, cache, keep: int = 1):
+        """Run the model; returns the logits of the last `keep` positions [B, keep, V] and the cache."""
         with self.prec.autocast():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :].float(), out.past_key_values
+                             use_cache=True, logits_to_keep=keep)
+        return out.logits.float(), out.past_key_values
 
     def _prefill(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         ids = torch.tensor([prefix], device=self.device)
@@ -110,31 +111,55 @@ class Decoder:
             cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
                                                  for k, v in prefix_kv])
         logits, cache = self._forward(ids.to(self.device), mask, pos, cache)
+        logits = logits[:, -1]
         nodes = [trie.root if trie else None for _ in range(b)]
         out = [Decoded([]) for _ in range(b)]
         done = [False] * b
-        next_pos = pos[:, -1:] + 1
+        next_pos = pos[:, -1] + 1
         for _ in range(max_new if trie is None else 10_000):
-            chosen = self._choose(logits, nodes, done)
-            for r, t in enumerate(chosen):
-                if done[r]:
-                    continue
-                if trie is not None:
-                    nodes[r] = nodes[r][t]
-                    if None in nodes[r]:
-                        out[r].label, done[r] = nodes[r][None], True
-                        continue
+            feed = self._advance(self._choose(logits, nodes, done), nodes, out, done)
+            if all(done):
+                break
+            # Each row feeds its new tokens (several when the label trie forces a chain) in one
+            # block, right-padded; pads are masked out and positions count real tokens only.
+            lens = torch.tensor([len(f) for f in feed], device=self.device)
+            width = int(lens.max())
+            block = torch.full((b, width), self.pad_id, dtype=torch.long)
+            for r, f in enumerate(feed):
+                block[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+            real = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).long()
+            mask = torch.cat([mask, real], dim=1)
+            step_pos = next_pos[:, None] + torch.arange(width, device=self.device)[None, :]
+            all_logits, cache = self._forward(block.to(self.device), mask, step_pos, cache, keep=width)
+            logits = all_logits[torch.arange(b, device=self.device), (lens - 1).clamp(min=0)]
+            next_pos = next_pos + lens
+        return out
+
+    def _advance(self, chosen: list[int], nodes, out: list[Decoded], done: list[bool]) -> list[list[int]]:
+        """Record each row's chosen token, follow forced trie chains, and return the tokens to feed next."""
+        feed: list[list[int]] = [[] for _ in chosen]
+        for r, t in enumerate(chosen):
+            if done[r]:
+                continue
+            if nodes[r] is None:                 # free generation
                 if t in self.end_ids:
                     done[r] = True
                 else:
                     out[r].tokens.append(t)
-            if all(done):
-                break
-            step = torch.tensor(chosen, device=self.device).unsqueeze(1)
-            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            logits, cache = self._forward(step, mask, next_pos, cache)
-            next_pos = next_pos + 1
-        return out
+                    feed[r] = [t]
+                continue
+            seq, node = [t], nodes[r][t]
+            while None not in node and len(node) == 1:   # one continuation: no decision to make
+                (forced,) = node.keys()
+                seq.append(forced)
+                node = node[forced]
+            nodes[r] = node
+            out[r].tokens.extend(x for x in seq if x not in self.end_ids)
+            if None in node:
+                out[r].label, done[r] = node[None], True
+            else:
+                feed[r] = seq
+        return feed
 
     def _choose(self, logits: torch.Tensor, nodes, done) -> list[int]:
         if nodes[0] is None and all(n is None for n in nodes):

@@ -164,7 +164,9 @@ def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = Non
         if n is None:
             raise ConfigError("task=classification needs a closed label set in the training data")
         extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=n, **extra, **kw)
+        # A checkpoint whose head has another label count (or none) gets a fresh head for this label set.
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=n, ignore_mismatched_sizes=True,
+                                                                   **extra, **kw)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         return model
