@@ -1,7 +1,6 @@
 """Rendering: labels cover exactly the completion and its end-of-turn token; the guards fire."""
 
 import pytest
-import torch
 
 from tests.tiny import tiny_tokenizer
 from tunelab.collate import make_collator

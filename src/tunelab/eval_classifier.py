@@ -158,7 +158,7 @@ def evaluate_classifier(cfg: Config, rd: RunDir, prepared, tokenizer, log=print)
     # The head sees exactly what training fed it: the templated user text, truncated the same way.
     _timed(systems, "finetuned", everything, lambda: head_predictions(
         model, tokenizer, [renderer.user_text(r) for r in test], labels, prec, e.batch_size, cfg.data.max_length))
-    del model
+    model = None  # free the fine-tuned weights before the baselines load the base model
 
     if e.baselines:
         run_baselines(cfg, systems, prepared.splits["train"], labels, subset)
