@@ -123,6 +123,7 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
 
     from tunelab.data.prepare import prepare as prep
     from tunelab.models import load_tokenizer
+    from tunelab.render import Renderer
     from tunelab.train import encode
 
     cfg = _config(config, overrides)
@@ -131,7 +132,7 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
         tok = load_tokenizer(cfg.model)
         with tempfile.TemporaryDirectory() as tmp:
             prepared = prep(cfg, Path(tmp), tok)
-            encode(cfg, tok, prepared)
+            encode(cfg, Renderer(tok, cfg), prepared)
         sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
         typer.secho(f"config and data OK: {sizes}", fg=typer.colors.GREEN)
     _guard(go)

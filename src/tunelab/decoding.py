@@ -26,6 +26,7 @@ class LabelTrie:
     """Prefix trie over the token ids of each label's completion (label text + end-of-turn token)."""
     root: dict = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)
+    depth: int = 0             # tokens in the longest label: decoding never needs more steps
 
     @classmethod
     def build(cls, label_ids: dict[str, list[int]]) -> "LabelTrie":
@@ -37,6 +38,7 @@ class LabelTrie:
             if None in node:
                 raise ValueError(f"labels {trie.labels[node[None]]!r} and {label!r} tokenize identically")
             node[None] = index   # terminal: the label's index
+            trie.depth = max(trie.depth, len(ids))
         return trie
 
 
@@ -116,7 +118,7 @@ class Decoder:
         out = [Decoded([]) for _ in range(b)]
         done = [False] * b
         next_pos = pos[:, -1] + 1
-        for _ in range(max_new if trie is None else 10_000):
+        for _ in range(max_new if trie is None else trie.depth):
             feed = self._advance(self._choose(logits, nodes, done), nodes, out, done)
             if all(done):
                 break

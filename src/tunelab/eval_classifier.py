@@ -22,24 +22,13 @@ from tunelab.config import Config
 from tunelab.evaluate import Systems, score, seeded_sample, stratified_subset, write_predictions
 from tunelab.models import load_trained, local_folder
 from tunelab.precision import Precision, choose
-from tunelab.render import Renderer
+from tunelab.render import Renderer, record_text
 from tunelab.rundir import RunDir
 
 BASELINE_NOTES = {
     "zero_shot": "base-model embedding of the text vs embeddings of the label names (cosine, mean pooling)",
     "few_shot": "nearest class centroid of base-model embeddings of few_shot_k training examples per class",
 }
-
-
-def input_text(rec: dict) -> str:
-    """The record's own text (input columns, or the last user turn), without the prompt template.
-
-    The template's instruction is the same for every example; in an untuned embedding it would pull
-    every text towards one point while the label names it is compared with carry no template.
-    """
-    if rec.get("messages"):
-        return next(m["content"] for m in reversed(rec["messages"]) if m["role"] == "user")
-    return "\n".join(str(v) for v in (rec.get("input") or {}).values())
 
 
 def label_phrase(label: str) -> str:
@@ -107,7 +96,7 @@ class EmbeddingBaselines:
 
     def few_shot(self, queries: torch.Tensor, shots: dict[str, list[dict]]) -> list[str]:
         names = list(shots)
-        centroids = torch.stack([self.encode([input_text(r) for r in shots[l]]).mean(0) for l in names])
+        centroids = torch.stack([self.encode([record_text(r) for r in shots[l]]).mean(0) for l in names])
         return nearest(queries, centroids, names)
 
 
@@ -132,7 +121,7 @@ def run_baselines(cfg: Config, systems: Systems, train: list[dict], labels: list
     e, test = cfg.eval, systems.test
     baselines = EmbeddingBaselines(base_encoder(cfg), systems.tok, systems.prec, e.batch_size, cfg.data.max_length)
     start = time.time()
-    queries = baselines.encode([input_text(test[i]) for i in subset])
+    queries = baselines.encode([record_text(test[i]) for i in subset])
     systems.seconds["baseline_test_embeddings"] = round(time.time() - start, 2)   # shared by both baselines
     shots = shots_per_class(train, labels, e.few_shot_k, cfg.train.seed)
     run = {"zero_shot": lambda: baselines.zero_shot(queries, labels),

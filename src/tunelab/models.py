@@ -170,7 +170,7 @@ def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = Non
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         return model
-    if resolve(cfg.name).name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
+    if cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
         raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")
     return AutoModelForCausalLM.from_pretrained(folder, **kw)
 

@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import random
 
-from tunelab.render import Renderer
+from tunelab.render import Renderer, record_text
 
 
 def label_instruction(labels: list[str] | None) -> str:
     if not labels:
         return ""
     return "Answer with exactly one of these labels: " + ", ".join(labels) + ".\n\n"
-
-
-def _text_of(rec: dict) -> str:
-    if rec.get("messages"):
-        return " ".join(m["content"] for m in rec["messages"] if m["role"] == "user")
-    return " ".join(str(v) for v in (rec.get("input") or {}).values())
 
 
 class ShotPicker:
@@ -60,9 +54,9 @@ class ShotPicker:
 
         if self._index is None:
             vec = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-            self._index = (vec, vec.fit_transform([_text_of(r) for r in self.pool]))
+            self._index = (vec, vec.fit_transform([record_text(r) for r in self.pool]))
         vec, matrix = self._index
-        sims = (matrix @ vec.transform([_text_of(rec)]).T).toarray().ravel()
+        sims = (matrix @ vec.transform([record_text(rec)]).T).toarray().ravel()
         best = sims.argsort()[::-1][: self.k]
         return [self.pool[i] for i in reversed(best)]
 

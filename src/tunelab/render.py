@@ -20,6 +20,13 @@ class RenderError(ValueError):
     """Examples that cannot be trained on; the message names each row (file:line)."""
 
 
+def record_text(rec: dict) -> str:
+    """A record's own input text, without the prompt template: its input columns, or its last user turn."""
+    if rec.get("messages"):
+        return next(m["content"] for m in reversed(rec["messages"]) if m["role"] == "user")
+    return "\n".join(str(v) for v in (rec.get("input") or {}).values())
+
+
 def _placeholders(template: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(template) if f]
 

@@ -33,9 +33,8 @@ def encode_classification(renderer: Renderer, records: list[dict], labels: list[
     return out
 
 
-def encode(cfg: Config, tokenizer, prepared, log=print) -> tuple[list[dict], list[dict], dict]:
+def encode(cfg: Config, renderer: Renderer, prepared, log=print) -> tuple[list[dict], list[dict], dict]:
     """Encode train and validation splits; report truncation; run the supervision guards."""
-    renderer = Renderer(tokenizer, cfg)
     if cfg.task == "classification":
         tr = encode_classification(renderer, prepared.splits["train"], prepared.labels, cfg.data.max_length)
         va = encode_classification(renderer, prepared.splits["validation"], prepared.labels, cfg.data.max_length)
@@ -81,7 +80,8 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> TrainResul
     torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
     set_seed(cfg.train.seed)
     log(f"precision: {prec.reason}")
-    train_ex, val_ex, enc_stats = encode(cfg, tokenizer, prepared, log)
+    renderer = Renderer(tokenizer, cfg)
+    train_ex, val_ex, enc_stats = encode(cfg, renderer, prepared, log)
     if cfg.train.eval_examples and len(val_ex) > cfg.train.eval_examples:
         keep = sorted(random.Random(cfg.train.seed).sample(range(len(val_ex)), cfg.train.eval_examples))
         val_ex = [val_ex[i] for i in keep]
@@ -108,7 +108,7 @@ def train(cfg: Config, rd: RunDir, prepared, tokenizer, log=print) -> TrainResul
         collator = make_collator(tokenizer.pad_token_id, packing=batching != "padded",
                                  share_prefix=batching == "shared_prefix")
         sample = train_ex[: cfg.train.batch_size]
-        check_batch(collator(sample), Renderer(tokenizer, cfg).end_ids, cfg.task, len(sample))
+        check_batch(collator(sample), renderer.end_ids, cfg.task, len(sample))
 
     best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))
