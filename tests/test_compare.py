@@ -6,12 +6,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tiny import tiny_tokenizer
-from tunelab import compare
+from tunelab.report import compare
 from tunelab.cli import app
 from tunelab.config import config_from_dict
-from tunelab.evaluate import Systems, score, write_predictions
-from tunelab.render import Renderer
-from tunelab.rundir import RunDir
+from tunelab.evaluate.common import Systems, prediction_rows, score, write_results
+from tunelab.core.rundir import RunDir
 
 LABELS = ["card", "transfer", "other"]
 
@@ -32,12 +31,11 @@ def make_run(tmp_path, name: str, test: list[dict], predictions: list[str], meth
                             "model": {"name": "tiny"}, "method": {"name": method},
                             "eval": {"baselines": [], "bootstrap_samples": 200}})
     rd = RunDir.create(cfg)
-    tok = tiny_tokenizer()
-    systems = Systems(cfg, test, Renderer(tok, cfg), None, tok, None, print)
+    systems = Systems(test)
     systems.predictions["finetuned"] = {str(i): p for i, p in enumerate(predictions)}
     closed = all("references" not in r for r in test)
-    rd.update_metrics("test", score(cfg, test, systems, list(range(len(test))), closed))
-    write_predictions(rd, test, systems)
+    results = score(cfg, test, systems, list(range(len(test))), closed)
+    write_results(rd, results, {}, prediction_rows(test, systems, cfg.data.template))
     return rd
 
 

@@ -6,9 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from tests.tiny import SENTENCES, tiny_llama, tiny_tokenizer
 from tunelab.config import TrainConfig, config_from_dict
-from tunelab.decoding import Decoder, LabelTrie, common_prefix
-from tunelab.precision import choose
-from tunelab.render import Renderer
+from tunelab.evaluate.decoding import Decoder, LabelTrie, common_prefix
+from tunelab.models.precision import choose
+from tunelab.train.render import Renderer
 
 LABELS = ["card_arrival", "card_linking", "transfer_fee", "top_up_failed", "exchange_rate", "pin_blocked"]
 

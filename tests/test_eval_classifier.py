@@ -16,11 +16,12 @@ import torch
 
 from tiny import tiny_bert_classifier
 from tunelab.config import config_from_dict
-from tunelab.data.prepare import Prepared
-from tunelab.eval_classifier import EmbeddingBaselines, base_encoder, evaluate_classifier, label_phrase
+from tunelab.data.stage import Prepared
+from tunelab.evaluate.classifier import EmbeddingBaselines, base_encoder, label_phrase
+from tunelab.evaluate.classifier import evaluate as evaluate_classifier
 from tunelab.models import load_tokenizer
-from tunelab.precision import Precision
-from tunelab.rundir import RunDir
+from tunelab.models.precision import Precision
+from tunelab.core.rundir import RunDir
 
 LABELS = ["card", "transfer", "other"]           # tiny_bert_classifier's head, in label-id order
 WORD = {"card": "card", "transfer": "transfer", "other": "payment"}
@@ -53,7 +54,7 @@ def setup(tmp_path):
 
 def test_every_system_predicts_only_known_labels(setup):
     cfg, rd, prepared, tok = setup
-    results = evaluate_classifier(cfg, rd, prepared, tok, log=lambda *_: None)
+    results = evaluate_classifier(cfg, rd, prepared, tok)
     rows = [json.loads(l) for l in (rd.path / "predictions.jsonl").read_text().splitlines()]
     by_system = {s: [r for r in rows if r["system"] == s] for s in ("finetuned", "zero_shot", "few_shot")}
     assert len(by_system["finetuned"]) == 9 and len(by_system["zero_shot"]) == len(by_system["few_shot"]) == 6
@@ -64,7 +65,7 @@ def test_every_system_predicts_only_known_labels(setup):
 
 def test_few_shot_centroids_separate_a_separable_dataset(setup):
     cfg, rd, prepared, tok = setup
-    results = evaluate_classifier(cfg, rd, prepared, tok, log=lambda *_: None)
+    results = evaluate_classifier(cfg, rd, prepared, tok)
     assert results["few_shot"]["accuracy"] == 1.0
     assert results["few_shot"]["f1_macro"] == 1.0
 

@@ -10,15 +10,17 @@ import shutil
 import pytest
 from transformers import logging as hf_logging
 
+from capture import captured
 from tiny import SENTENCES, tiny_llama
-from tunelab import metrics as M
+from tunelab.evaluate import metrics as M
 from tunelab.config import config_from_dict
-from tunelab.data.prepare import prepare
-from tunelab.evaluate import EvaluationFailed, evaluate, seeded_sample
+from tunelab.data.stage import prepare
+from tunelab.evaluate.common import EvaluationFailed, seeded_sample
+from tunelab.evaluate.stage import run as evaluate
 from tunelab.models import load_tokenizer
-from tunelab.prompts import ShotPicker
-from tunelab.rundir import RunDir
-from tunelab.train import train
+from tunelab.evaluate.prompts import ShotPicker
+from tunelab.core.rundir import RunDir
+from tunelab.train.stage import run as train
 
 hf_logging.set_verbosity_error()
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
@@ -49,8 +51,8 @@ def trained_run(root, name: str, rows: list[dict], tests: list[dict], data: dict
         "eval": {"bootstrap_samples": 100, "batch_size": 8, "forgetting": False, **eval_cfg}})
     rd = RunDir.create(cfg)
     tok = load_tokenizer(cfg.model)
-    prepared = prepare(cfg, rd.data_dir, tok, log=lambda _: None)
-    train(cfg, rd, prepared, tok, log=lambda _: None)
+    prepared = prepare(cfg, rd.data, tok)
+    train(cfg, rd, prepared, tok)
     return cfg, rd, prepared, tok
 
 
@@ -98,7 +100,7 @@ def predictions(rd: RunDir) -> list[dict]:
 
 def test_closed_label_set_predictions_are_labels_with_intervals_and_p_values(labelled, tmp_path):
     cfg, rd, prepared, tok = fresh(labelled, tmp_path)
-    evaluate(cfg, rd, prepared, tok, log=lambda _: None)
+    evaluate(cfg, rd, prepared, tok)
     preds = predictions(rd)
     assert {p["system"] for p in preds} == {"finetuned", "zero_shot", "few_shot"}
     assert all(p["prediction"] in LABELS for p in preds)
@@ -115,7 +117,7 @@ def test_closed_label_set_predictions_are_labels_with_intervals_and_p_values(lab
 
 def test_free_generation_scores_rouge_against_every_reference(summaries, tmp_path):
     cfg, rd, prepared, tok = fresh(summaries, tmp_path)
-    evaluate(cfg, rd, prepared, tok, log=lambda _: None)
+    evaluate(cfg, rd, prepared, tok)
     test = rd.metrics()["test"]
     assert "accuracy" not in test["finetuned"] and {"rouge1", "rouge2", "rougeL"} <= set(test["finetuned"])
     mine = [p for p in predictions(rd) if p["system"] == "finetuned"]
@@ -131,8 +133,8 @@ def test_free_generation_scores_rouge_against_every_reference(summaries, tmp_pat
 
 def test_time_budget_evaluates_a_seeded_subset_and_says_so(labelled, tmp_path):
     cfg, rd, prepared, tok = fresh(labelled, tmp_path, time_budget_s=1e-4)
-    lines: list[str] = []
-    evaluate(cfg, rd, prepared, tok, log=lines.append)
+    with captured() as lines:
+        evaluate(cfg, rd, prepared, tok)
     said = [l for l in lines if l.startswith("time budget")]
     assert len(said) == 1, lines
     k, n = map(int, re.search(r"subset of (\d+) of (\d+) test examples", said[0]).groups())
@@ -158,7 +160,7 @@ def test_similar_selection_picks_the_closest_training_example():
 def test_forgetting_gate_fails_the_run_after_writing_the_figures(summaries, tmp_path):
     cfg, rd, prepared, tok = fresh(summaries, tmp_path, forgetting=True, forgetting_max=0.0, forgetting_tokens=64)
     with pytest.raises(EvaluationFailed, match=r"forgetting: perplexity on the general-English probe rose"):
-        evaluate(cfg, rd, prepared, tok, log=lambda _: None)
+        evaluate(cfg, rd, prepared, tok)
     m = rd.metrics()
     f = m["forgetting"]
     assert f["perplexity_change"] > 0 and f["kl_mean"] > 0

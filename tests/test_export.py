@@ -11,11 +11,13 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers import logging as hf_logging
 
 from tiny import tiny_bert_classifier, tiny_examples, tiny_llama
-from tunelab import export
+from tunelab.export import stage as export
 from tunelab.config import config_from_dict
-from tunelab.methods import apply_method, param_groups, save_trained
-from tunelab.models import load_model, load_trained
-from tunelab.rundir import RunDir
+from tunelab.core.rundir import RunDirError
+from tunelab.methods import apply_method, load_trained, param_groups
+from tunelab.models import load_model
+from tunelab.train.callbacks import save_model
+from tunelab.core.rundir import RunDir
 
 hf_logging.set_verbosity_error()
 TASK_OF = {"llama": "sft", "bert": "classification"}
@@ -46,9 +48,13 @@ def make_run(tmp_path, folders, arch: str, method: str, **extra) -> tuple[RunDir
         opt.step()
         opt.zero_grad()
     model.eval()
-    save_trained(model, rd.best)
-    tokenizer.save_pretrained(rd.best)
+    with rd.stage("train"):   # a run whose training completed, as the train stage records it
+        save_model(model, tokenizer, rd.best)
     return rd, model
+
+
+def run_export(rd: RunDir, out=None, merge: bool = True):
+    return export.run(rd.config(), rd, out, merge)
 
 
 def _chat_ids(folder) -> torch.Tensor:
@@ -66,7 +72,7 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_merged_export_reproduces_adapter_model(tmp_path, folders, method):
     rd, _ = make_run(tmp_path, folders, "llama", method)
-    out = export.run(rd.path)
+    out = run_export(rd)
 
     assert out == rd.path / "export"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja", "generation_config.json"):
@@ -89,7 +95,7 @@ def test_merged_export_reproduces_adapter_model(tmp_path, folders, method):
 
 def test_merged_classifier_export_keeps_trained_head(tmp_path, folders):
     rd, trained = make_run(tmp_path, folders, "bert", "lora")
-    out = export.run(rd.path)
+    out = run_export(rd)
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert merged.config.num_labels == 3
     ids = AutoTokenizer.from_pretrained(out)("my card has not arrived", return_tensors="pt")["input_ids"]
@@ -98,7 +104,7 @@ def test_merged_classifier_export_keeps_trained_head(tmp_path, folders):
 
 def test_unmerged_export_is_a_loadable_peft_adapter(tmp_path, folders):
     rd, trained = make_run(tmp_path, folders, "llama", "ia3")
-    out = export.run(rd.path, tmp_path / "adapter-out", merge=False)
+    out = run_export(rd, tmp_path / "adapter-out", merge=False)
     assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folders["llama"]), out).eval()
     ids = _chat_ids(out)
@@ -108,15 +114,15 @@ def test_unmerged_export_is_a_loadable_peft_adapter(tmp_path, folders):
 def test_prompt_tuning_cannot_merge_but_exports_unmerged(tmp_path, folders):
     rd, _ = make_run(tmp_path, folders, "llama", "prompt_tuning", num_virtual_tokens=3)
     with pytest.raises(export.ExportError, match="--no-merge"):
-        export.run(rd.path)
-    assert (export.run(rd.path, merge=False) / "adapter_config.json").is_file()
+        run_export(rd)
+    assert (run_export(rd, merge=False) / "adapter_config.json").is_file()
 
 
 def test_bottleneck_adapters_refuse_merge_and_round_trip_unmerged(tmp_path, folders):
     rd, trained = make_run(tmp_path, folders, "bert", "adapter", adapter_kind="houlsby")
     with pytest.raises(export.ExportError, match="cannot be merged"):
-        export.run(rd.path)
-    out = export.run(rd.path, merge=False)
+        run_export(rd)
+    out = run_export(rd, merge=False)
     cfg = rd.config()
     reloaded = load_trained(cfg.model, out, "classification", labels=["a", "b", "c"]).eval()
     ids = AutoTokenizer.from_pretrained(out)("please block my card", return_tensors="pt")["input_ids"]
@@ -127,7 +133,7 @@ def test_bottleneck_adapters_refuse_merge_and_round_trip_unmerged(tmp_path, fold
 def test_full_weights_export_as_is(tmp_path, folders):
     rd, trained = make_run(tmp_path, folders, "llama", "freeze", trainable_layers=1)
     trained.save_pretrained(rd.best)  # freeze saves whole weights: best/ is a model folder
-    out = export.run(rd.path)
+    out = run_export(rd)
     ids = _chat_ids(out)
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), ids), _logits(trained, ids))
 
@@ -144,14 +150,14 @@ def test_check_parity_fails_above_tolerance_and_on_nan():
 def test_export_without_best_says_train_first(tmp_path, folders):
     cfg = config_from_dict({"name": "empty", "runs_dir": str(tmp_path), "data": {"train": "x.jsonl"},
                             "model": {"name": str(folders["llama"])}})
-    with pytest.raises(export.ExportError, match="train the run first"):
-        export.run(RunDir.create(cfg).path)
+    with pytest.raises(RunDirError, match="has not been trained"):
+        run_export(RunDir.create(cfg))
 
 
 def test_export_writes_a_model_card_with_the_runs_numbers(tmp_path, folders):
-    from tunelab import forgetting
-    from tunelab.report import comparison_table
-    from tunelab.significance import score_systems
+    from tunelab.evaluate import forgetting
+    from tunelab.report.markdown import comparison_table
+    from tunelab.evaluate.significance import score_systems
 
     rd, trained = make_run(tmp_path, folders, "llama", "lora")
     refs = {str(i): ["card", "transfer", "other"][i % 3] for i in range(30)}
@@ -163,7 +169,7 @@ def test_export_writes_a_model_card_with_the_runs_numbers(tmp_path, folders):
     rd.update_metrics("forgetting", forgetting.forgetting_probe(trained, tok, max_tokens=128))
     rd.update_metrics("train", {"steps": 4, "examples": 4, "best_step": 4, "best_eval_loss": 5.1234,
                                 "trainable_params": 1234, "total_params": 56789})
-    card = (export.run(rd.path) / "README.md").read_text()
+    card = (run_export(rd) / "README.md").read_text()
 
     m = rd.metrics()
     assert card.startswith('---\nlicense: "other"\nbase_model: "' + str(folders["llama"]) + '"')

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.tiny import tiny_llama
-from tunelab import forgetting as F
+from tunelab.evaluate import forgetting as F
 
 TEXT = ["Alice was beginning to get very tired of sitting by her sister on the bank, and of having "
         "nothing to do: once or twice she had peeped into the book her sister was reading."]

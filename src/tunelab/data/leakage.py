@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tunelab.data import dedup
 from tunelab.data.problems import DataError, Problem
-from tunelab.data.schema import key_text
+from tunelab.core.records import prompt_text
 
 
 @dataclass
@@ -21,19 +21,19 @@ class Leak:
 
     def to_dict(self) -> dict:
         return {"train": self.train["id"], "other": self.other["id"], "split": self.split, "kind": self.kind,
-                "similarity": round(self.similarity, 3), "train_text": key_text(self.train)[:160],
-                "other_text": key_text(self.other)[:160]}
+                "similarity": round(self.similarity, 3), "train_text": prompt_text(self.train)[:160],
+                "other_text": prompt_text(self.other)[:160]}
 
 
 def find(train: list[dict], held: dict[str, list[dict]], near: bool = True, threshold: float = 0.85,
          num_perm: int = 128, n: int = 5, kind: str = "char") -> list[Leak]:
     """Every (train, held-out) pair sharing a prompt: exact after normalisation, else near (MinHash LSH)."""
-    train_texts = [key_text(r) for r in train]
+    train_texts = [prompt_text(r) for r in train]
     leaks: list[Leak] = []
     for split, others in held.items():
         index = {}
         for j, r in enumerate(others):
-            index.setdefault(dedup.normalise(key_text(r)), j)
+            index.setdefault(dedup.normalise(prompt_text(r)), j)
         exact = set()
         for i, t in enumerate(train_texts):
             j = index.get(dedup.normalise(t))
@@ -43,7 +43,7 @@ def find(train: list[dict], held: dict[str, list[dict]], near: bool = True, thre
         if near and others:
             rest = [i for i in range(len(train)) if i not in exact]
             seen = set()
-            for qi, j, sim in dedup.near_pairs([train_texts[i] for i in rest], [key_text(r) for r in others],
+            for qi, j, sim in dedup.near_pairs([train_texts[i] for i in rest], [prompt_text(r) for r in others],
                                                threshold, num_perm, n, kind):
                 if rest[qi] not in seen:  # one finding per train example is enough to act on
                     seen.add(rest[qi])
@@ -79,6 +79,6 @@ def apply(policy: str, train: list[dict], leaks: list[Leak]) -> tuple[list[dict]
 
 def _problem(lk: Leak) -> Problem:
     src = lk.train["source"]
-    found = f"{lk.other['id']} ({lk.kind}, similarity {lk.similarity:.2f}): {key_text(lk.other)[:60]!r}"
+    found = f"{lk.other['id']} ({lk.kind}, similarity {lk.similarity:.2f}): {prompt_text(lk.other)[:60]!r}"
     return Problem(f"leakage_{lk.kind}", src["file"], src.get("line"), None,
                    expected=f"no copy in {lk.split}", found=found)

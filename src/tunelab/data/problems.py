@@ -6,6 +6,8 @@ import difflib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from tunelab.core.errors import UserError
+
 # How many problems a DataError message spells out before summarising the rest: every problem is
 # still counted in the totals and kept on the exception (`.problems`).
 MAX_LISTED = 50
@@ -47,16 +49,9 @@ class Problems:
         self.items.append(p)
         return p
 
-    def extend(self, other: "Problems") -> None:
-        self.items.extend(other.items)
-
     @property
     def errors(self) -> list[Problem]:
         return [p for p in self.items if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.items if p.severity == "warning"]
 
     def totals(self) -> dict[str, int]:
         """Problem counts by kind, most frequent first."""
@@ -68,7 +63,7 @@ class Problems:
             raise DataError(self.errors, header)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data that cannot be prepared; the message lists every problem (file, line, field) and totals."""
 
     def __init__(self, problems: list[Problem], header: str = "the data has problems"):

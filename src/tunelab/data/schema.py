@@ -1,6 +1,6 @@
 """Record shapes: detect which common shape the rows have, say so, and map rows to internal records.
 
-The internal record (docs/ARCHITECTURE.md) is one dict per example:
+The internal record is `core.records.Record`:
 `{"id", "source": {"file", "line", "page"}, "input": {...}, "output", "messages", "text", "group"}`.
 For chat shapes `messages` holds the whole conversation and `output` repeats the final assistant
 turn, so label statistics, leakage checks and evaluation need not know the shape.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from tunelab.core.records import Record, new_record
 from tunelab.data.ingest import Row
 from tunelab.data.problems import Problems, did_you_mean
 
@@ -130,10 +131,9 @@ def _as_text(value) -> str:
     return str(value)
 
 
-def make_record(row: Row, d: Decision, group_by: str | None, problems: Problems) -> dict | None:
+def make_record(row: Row, d: Decision, group_by: str | None, problems: Problems) -> Record | None:
     """The internal record for one row, or None after recording why it cannot be one."""
-    rec = {"id": row.id, "source": {"file": row.file, "line": row.line, "page": row.page},
-           "input": {}, "output": None, "messages": None, "text": None, "group": None}
+    rec = new_record(row.id, row.file, row.line, row.page)
     f = row.fields
     if group_by:
         if group_by not in f:
@@ -194,32 +194,4 @@ def _turns(row: Row, d: Decision, problems: Problems) -> list[dict] | None:
                          expected=f"one of {sorted(set(ROLE_ALIASES))}", found=repr(t[d.role_key]))
             return None
         out.append({"role": role, "content": _as_text(t[d.content_key])})
-    return out
-
-
-def key_text(rec: dict) -> str:
-    """The prompt side of a record: what duplicates and leaks are judged on."""
-    if rec.get("text") is not None:
-        return rec["text"]
-    if rec.get("messages"):
-        turns = rec["messages"]
-        if turns[-1]["role"] == "assistant" and len(turns) > 1:
-            turns = turns[:-1]
-        return "\n".join(t["content"] for t in turns)
-    return "\n".join(rec["input"].values())
-
-
-def map_strings(rec: dict, fn) -> dict:
-    """A copy of `rec` with `fn` applied to every text it carries (inputs, output, turns, text)."""
-    out = dict(rec)
-    out["input"] = {k: fn(v) for k, v in rec["input"].items()}
-    if rec.get("output") is not None:
-        out["output"] = fn(rec["output"])
-    if rec.get("messages"):
-        out["messages"] = [{**t, "content": fn(t["content"])} for t in rec["messages"]]
-    if rec.get("text") is not None:
-        out["text"] = fn(rec["text"])
-    if rec.get("references"):
-        # Cleaned like `output` (which repeats the first reference), so the two stay equal.
-        out["references"] = [fn(r) for r in rec["references"]]
     return out

@@ -91,7 +91,9 @@ def _take_groups(records: list[dict], n: int, seed: int, stratify: bool) -> tupl
     return taken, rest
 
 
-def carve(train: list[dict], fraction: float, seed: int, stratify: bool) -> tuple[list[dict], list[dict]]:
-    """Carve a held-out split of `fraction` of train: returns (train_rest, held_out)."""
-    held, rest = take(train, round(fraction * len(train)), seed, stratify, keep_each=True)
+def carve(train: list[dict], fraction: float, seed: int, stratify: bool, of: int | None = None
+          ) -> tuple[list[dict], list[dict]]:
+    """Carve a held-out split of `fraction` of `of` records (default: all of train), keeping at least one
+    example of every label in train: returns (train_rest, held_out)."""
+    held, rest = take(train, round(fraction * (len(train) if of is None else of)), seed, stratify, keep_each=True)
     return rest, held

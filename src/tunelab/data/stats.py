@@ -6,17 +6,14 @@ from collections import Counter
 
 import numpy as np
 
-from tunelab.data.schema import key_text
+from tunelab.core.records import prompt_text
 
 
 def prompt_and_completion(rec: dict, template: str | None = None) -> tuple[str, str]:
     """The text a model sees for a record, before the chat template: (prompt, completion)."""
     if rec.get("text") is not None:
         return rec["text"], ""
-    if rec.get("messages"):
-        return key_text(rec), rec.get("output") or ""
-    prompt = template.format(**rec["input"]) if template else "\n".join(rec["input"].values())
-    return prompt, rec.get("output") or ""
+    return prompt_text(rec, template), rec.get("output") or ""
 
 
 def _template_overhead(tokenizer) -> int:

@@ -8,7 +8,8 @@ from collections import Counter
 
 from tunelab.data import dedup
 from tunelab.data.problems import Problems, did_you_mean
-from tunelab.data.schema import Decision, key_text
+from tunelab.core.records import prompt_text
+from tunelab.data.schema import Decision
 
 
 def check_columns(decision: Decision, columns: list[str], file: str, problems: Problems) -> None:
@@ -51,7 +52,7 @@ def drop_empty(records: list[dict], decision: Decision, problems: Problems) -> t
     out, dropped = [], []
     for rec in records:
         src, empty = rec["source"], None
-        if not key_text(rec).strip():
+        if not prompt_text(rec).strip():
             empty = ("empty_text", decision.input_columns[0] if decision.input_columns else "text", "non-empty text")
         elif decision.output_column and not str(rec.get("output") or "").strip():
             empty = ("empty_output", decision.output_column, "a non-empty target")
@@ -70,7 +71,7 @@ def drop_empty(records: list[dict], decision: Decision, problems: Problems) -> t
 def conflicts(train: list[dict], problems: Problems) -> list[dict]:
     """Texts that occur (after normalisation) with two or more different outputs in train."""
     found = []
-    texts = [key_text(r) for r in train]
+    texts = [prompt_text(r) for r in train]
     for g in dedup.exact_groups(texts):
         outs = sorted({str(train[i].get("output")) for i in g})
         if len(outs) > 1 and train[g[0]].get("output") is not None:

@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+Every stage raises a subclass of `UserError` for a mistake the user can fix (a config key, a data
+row, a run folder in the wrong state); the CLI prints the message and exits with code 2, never a
+traceback (`TUNELAB_DEBUG=1` shows it anyway). Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """A config that cannot be used; the message names the file, the key and what to do."""
+
+
+class RunDirError(UserError):
+    """A folder that is not a run folder, or a run in the wrong state for what was asked."""

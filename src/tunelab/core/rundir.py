@@ -1,0 +1,527 @@
+"""The run folder: every path, reader and writer of `runs/<name>/`, and the run's recorded state.
+
+This is the only module that spells a run-folder file name. A run folder describes itself:
+`status.json` says whether the run is `running`, `complete`, `failed` (with the error) or
+`interrupted`, and which stage wrote which file; `config.yaml` is the resolved config with the
+tunelab version and git sha. Files are written atomically (a temp file renamed into place), model
+folders (`best/`, `last/`) as a temp folder renamed into place after their completion marker. A
+stage that changes the model removes everything derived from the old one before it starts.
+
+Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`):
+
+    config.yaml  status.json  trainable.json
+    data/{train,validation,test}.jsonl  data/manifest.json  data/dropped.jsonl  data/report.md
+    metrics.jsonl (every logged step)  metrics.json (final numbers by section)
+    checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+from tunelab import __version__
+from tunelab.config import Config, check_name, config_from_dict, dump_config
+from tunelab.core.errors import RunDirError, UserError
+
+SPLITS = ("train", "validation", "test")
+STAGES = ("prepare", "train", "evaluate", "report", "export")
+
+# What each stage writes: file or folder names, and ("metrics", section) for parts of metrics.json.
+OUTPUTS: dict[str, tuple] = {
+    "prepare": ("data",),
+    "train": ("checkpoints", "best", "last", "metrics.jsonl", "trainable.json", "tensorboard", ("metrics", "train")),
+    "evaluate": ("predictions.jsonl", ("metrics", "test"), ("metrics", "eval_seconds"), ("metrics", "forgetting"),
+                 ("metrics", "evaluation")),
+    "report": ("report.md", "report.html", "loss.png"),
+    "export": ("export",),
+}
+# The stages whose outputs are derived from a stage's outputs: re-running the stage removes them.
+DERIVED: dict[str, tuple[str, ...]] = {
+    "prepare": ("train", "evaluate", "report", "export"),
+    "train": ("evaluate", "report", "export"),
+    "evaluate": ("report", "export"),
+    "report": (),
+    "export": (),
+}
+# Stages whose outcome is the run's outcome; an export that fails leaves the run as it was.
+LIFECYCLE = ("prepare", "train", "evaluate", "report")
+MODEL_MARKER = ".tunelab-complete"   # written last into best/ and last/: the folder is whole
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temp file in the same folder and an atomic rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, doc: Any, indent: int | None = 2) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Write one JSON object per line, atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else {}
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is damaged") from None
+
+
+@contextmanager
+def atomic_folder(final: Path, marker: dict | None = None) -> Iterator[Path]:
+    """Yield a temp folder to fill; on success write the completion marker and rename it to `final`.
+
+    A crash leaves only the temp folder (removed by the next write), never a half-written `final`.
+    """
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        atomic_write_json(tmp / MODEL_MARKER, {"written": _now(), **(marker or {})})
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_complete_model(folder: Path) -> bool:
+    """True when `folder` was fully written by `atomic_folder` (its completion marker is present)."""
+    return (Path(folder) / MODEL_MARKER).is_file()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def git_sha() -> str | None:
+    """The commit of the tunelab checkout (None when installed from a wheel)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ---------------------------------------------------------------- prepared data
+
+
+class DataDir:
+    """The prepared-data folder (`data/` of a run, or a scratch folder for `tunelab validate`)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @property
+    def manifest_path(self) -> Path: return self.path / "manifest.json"
+    @property
+    def dropped_path(self) -> Path: return self.path / "dropped.jsonl"
+    @property
+    def report_path(self) -> Path: return self.path / "report.md"
+
+    def split_path(self, split: str) -> Path:
+        return self.path / f"{split}.jsonl"
+
+    def manifest(self) -> dict:
+        return read_json(self.manifest_path)
+
+    def splits(self) -> dict[str, list[dict]]:
+        return {s: read_jsonl(self.split_path(s)) for s in SPLITS}
+
+    def missing(self) -> list[str]:
+        """Names of the files a complete prepared result needs but lacks."""
+        need = [self.manifest_path] + [self.split_path(s) for s in SPLITS]
+        return [p.name for p in need if not p.is_file()]
+
+    def write(self, splits: dict[str, list[dict]], manifest: dict, dropped: list[dict], report: str) -> None:
+        """Write the splits, dropped rows and report, then the manifest: its presence marks a complete result."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        for s in SPLITS:
+            write_jsonl(self.split_path(s), splits[s])
+        write_jsonl(self.dropped_path, dropped)
+        atomic_write_text(self.report_path, report)
+        atomic_write_json(self.manifest_path, manifest, indent=1)
+
+
+# ---------------------------------------------------------------- the run folder
+
+
+class RunDir:
+    """One run folder. Open an existing one with `RunDir.open`, start one with `RunDir.create`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def name(self) -> str: return self.path.name
+    @property
+    def config_path(self) -> Path: return self.path / "config.yaml"
+    @property
+    def status_path(self) -> Path: return self.path / "status.json"
+    @property
+    def data(self) -> DataDir: return DataDir(self.path / "data")
+    @property
+    def data_dir(self) -> Path: return self.path / "data"
+    @property
+    def metrics_jsonl(self) -> Path: return self.path / "metrics.jsonl"
+    @property
+    def metrics_json(self) -> Path: return self.path / "metrics.json"
+    @property
+    def checkpoints(self) -> Path: return self.path / "checkpoints"
+    @property
+    def best(self) -> Path: return self.path / "best"
+    @property
+    def last(self) -> Path: return self.path / "last"
+    @property
+    def predictions_path(self) -> Path: return self.path / "predictions.jsonl"
+    @property
+    def report_md(self) -> Path: return self.path / "report.md"
+    @property
+    def report_html(self) -> Path: return self.path / "report.html"
+    @property
+    def loss_plot(self) -> Path: return self.path / "loss.png"
+    @property
+    def trainable_path(self) -> Path: return self.path / "trainable.json"
+    @property
+    def export_dir(self) -> Path: return self.path / "export"
+    @property
+    def tensorboard_dir(self) -> Path: return self.path / "tensorboard"
+    @property
+    def mlflow_db(self) -> Path: return self.path.parent / "mlflow.db"   # shared by the runs of one folder
+
+    # ------------------------------------------------------------ opening and creating
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> "RunDir":
+        return cls(Path(cfg.runs_dir) / check_name(cfg.name))
+
+    @classmethod
+    def open(cls, path: Path) -> "RunDir":
+        """An existing run folder.
+
+        Raises:
+            RunDirError: the folder does not exist or is not a run folder.
+        """
+        rd = cls(Path(path))
+        if not rd.path.is_dir():
+            raise RunDirError(f"{rd.path} is not a run folder: it does not exist")
+        if not rd.config_path.is_file():
+            raise RunDirError(f"{rd.path} is not a tunelab run folder (no config.yaml); run folders are made by "
+                              "`tunelab run|train|prepare CONFIG`")
+        return rd
+
+    def is_run(self) -> bool:
+        return self.config_path.is_file()
+
+    @classmethod
+    def create(cls, cfg: Config, overwrite: bool = False, stage: str = "train") -> "RunDir":
+        """The run folder for `cfg`, created or replaced, with the resolved config written.
+
+        A folder holding only prepared data (nothing trained) is reused; one holding more is refused
+        unless `overwrite`, so a second run of the same name never destroys the first.
+
+        Raises:
+            RunDirError: the folder holds another run (and not `overwrite`), or is not a run folder.
+        """
+        rd = cls.for_config(cfg)
+        if rd.path.exists() and any(rd.path.iterdir()):
+            if overwrite:
+                if not rd.is_run():
+                    raise RunDirError(f"{rd.path} exists and is not a tunelab run folder: refusing to delete it "
+                                      "(choose another name= or runs_dir=)")
+                shutil.rmtree(rd.path)
+            elif not rd.is_run():
+                raise RunDirError(f"{rd.path} exists and is not a tunelab run folder; choose another name= or runs_dir=")
+            elif rd.done_beyond("prepare") and not (stage == "prepare" and rd.same_config(cfg)):
+                raise RunDirError(rd.occupied_message())
+        rd.path.mkdir(parents=True, exist_ok=True)
+        rd.write_config(cfg)
+        return rd
+
+    def done_beyond(self, stage: str) -> bool:
+        """True when a stage after `stage` has started in this folder (or left outputs behind)."""
+        later = STAGES[STAGES.index(stage) + 1:]
+        started = self.status().get("stages", {})
+        return any(s in started for s in later) or self.best.exists() or self.metrics_jsonl.exists()
+
+    def same_config(self, cfg: Config) -> bool:
+        return self.is_run() and self.raw_config() == dump_config(cfg)
+
+    def occupied_message(self) -> str:
+        st = self.status()
+        state = self.state()
+        when = st.get("updated", "?")
+        score = ""
+        ft = (self.metrics().get("test") or {}).get("finetuned_full_test") or (self.metrics().get("test") or {}).get("finetuned") or {}
+        if isinstance(ft.get("accuracy"), float):
+            score = f", fine-tuned accuracy {ft['accuracy']:.4f}"
+        return (f"{self.path} already holds a run ({state}, last updated {when}{score}). A new run never replaces "
+                "it silently: add --overwrite to replace it, --resume to continue it, or choose another name "
+                f"(e.g. name={self.name}-2)")
+
+    # ------------------------------------------------------------ config
+
+    def write_config(self, cfg: Config) -> None:
+        """Write the resolved config with tunelab's version, git sha and creation time."""
+        meta = {"tunelab_version": __version__, "git_sha": git_sha(), "created": _now()}
+        atomic_write_text(self.config_path, yaml.safe_dump({**dump_config(cfg), "_meta": meta}, sort_keys=False))
+
+    def raw_config(self) -> dict:
+        """config.yaml as written, without its `_meta` block."""
+        try:
+            raw = yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise RunDirError(f"{self.config_path} cannot be read: {e}") from None
+        raw.pop("_meta", None)
+        return raw
+
+    def config_meta(self) -> dict:
+        try:
+            return (yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}).get("_meta") or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return {}
+
+    def config(self) -> Config:
+        """The resolved config this run was made with."""
+        return config_from_dict(self.raw_config(), source=str(self.config_path))
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        """status.json as written (empty before the first stage)."""
+        return read_json(self.status_path)
+
+    def state(self) -> str:
+        """`running`, `complete`, `failed`, `interrupted` or `new`; a `running` run whose process is gone
+        (killed, machine rebooted) reads as `interrupted`."""
+        st = self.status()
+        state = st.get("status", "new")
+        if state == "running" and not _alive(st.get("pid"), st.get("host")):
+            return "interrupted"
+        return state
+
+    def stage_state(self, stage: str) -> str | None:
+        return (self.status().get("stages", {}).get(stage) or {}).get("status")
+
+    def _write_status(self, st: dict) -> None:
+        st["updated"] = _now()
+        atomic_write_json(self.status_path, st)
+
+    def invalidate(self, stages: Iterable[str]) -> list[str]:
+        """Remove the outputs (files, folders, metrics.json sections) and the status entries of `stages`."""
+        removed: list[str] = []
+        sections = []
+        for stage in stages:
+            for out in OUTPUTS[stage]:
+                if isinstance(out, tuple):
+                    sections.append(out[1])
+                    continue
+                p = self.path / out
+                if p.is_dir():
+                    shutil.rmtree(p)
+                    removed.append(out + "/")
+                elif p.exists():
+                    p.unlink()
+                    removed.append(out)
+        doc = self.metrics()
+        gone = [s for s in sections if s in doc]
+        if gone:
+            atomic_write_json(self.metrics_json, {k: v for k, v in doc.items() if k not in gone})
+            removed += [f"metrics.json:{s}" for s in gone]
+        st = self.status()
+        if any(s in st.get("stages", {}) for s in stages):
+            st["stages"] = {k: v for k, v in st["stages"].items() if k not in stages}
+            self._write_status(st)
+        return removed
+
+    @contextmanager
+    def stage(self, name: str, fresh: bool = True, derived: Iterable[str] | None = None) -> Iterator[dict]:
+        """Record `name` as running; on exit record it complete, failed (with the error) or interrupted.
+
+        Everything derived from this stage's earlier outputs (`derived`, default DERIVED[name]) is
+        removed first, so nothing stale is left beside the new result; with `fresh`, so are the
+        stage's own earlier outputs (a resumed stage keeps them). Yields the stage's status entry.
+        """
+        self.invalidate(tuple(DERIVED[name] if derived is None else derived) + ((name,) if fresh else ()))
+        entry = {"status": "running", "started": _now(), "pid": os.getpid()}
+        self._record(name, entry, running=True)
+        try:
+            yield entry
+        except BaseException as e:
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+            message = (str(e) or type(e).__name__) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+            entry.update(status="interrupted" if interrupted else "failed", finished=_now(),
+                         error=None if interrupted else message[:2000])
+            self._record(name, entry)
+            raise
+        entry.update(status="complete", finished=_now(), wrote=self._present(name))
+        self._record(name, entry)
+
+    def _record(self, name: str, entry: dict, running: bool = False) -> None:
+        """Write a stage's entry; a lifecycle stage's outcome is also the run's outcome."""
+        st = self.status()
+        st.setdefault("stages", {})[name] = entry
+        if name in LIFECYCLE:
+            st.update(status=entry["status"], stage=name, error=entry.get("error"))
+            if running:
+                st.update(pid=os.getpid(), host=socket.gethostname())
+        self._write_status(st)
+
+    def _present(self, stage: str) -> list[str]:
+        out = []
+        doc = self.metrics()
+        for o in OUTPUTS[stage]:
+            if isinstance(o, tuple):
+                if o[1] in doc:
+                    out.append(f"metrics.json:{o[1]}")
+            elif (self.path / o).exists():
+                out.append(o + ("/" if (self.path / o).is_dir() else ""))
+        return out
+
+    def require_trained(self, allow_incomplete: bool = False) -> Path:
+        """The `best/` model folder of a run whose training completed.
+
+        Raises:
+            RunDirError: training never ran, did not finish, or left an incomplete model folder;
+                the message says what is missing and how to continue.
+        """
+        train = self.stage_state("train")
+        state = self.state()
+        problem = None
+        if train is None:
+            problem = "it has not been trained (only " + (", ".join(self.status().get("stages", {})) or "created") + ")"
+        elif train != "complete":
+            error = (self.status().get("stages", {}).get("train") or {}).get("error")
+            running = train == "running" and state == "interrupted"
+            problem = ("its training was interrupted before it finished (the process ended without recording an "
+                       "outcome)" if running else f"its training is {train}" + (f": {error}" if error else ""))
+        elif not is_complete_model(self.best):
+            problem = "its best/ model folder is missing or incomplete"
+        if problem is None:
+            return self.best
+        if allow_incomplete and self.best.is_dir():
+            return self.best
+        raise RunDirError(f"{self.path}: {problem}. Continue it with `tunelab train {self.config_path} --resume` "
+                          "or train it again; --allow-incomplete uses whatever best/ holds")
+
+    def require_complete(self, what: str, allow_incomplete: bool = False) -> Path:
+        """`best/` of a run whose last stage completed (for export and serving).
+
+        Raises:
+            RunDirError: as `require_trained`, or a later stage failed (e.g. the forgetting gate).
+        """
+        best = self.require_trained(allow_incomplete)
+        state = self.state()
+        if state != "complete" and not allow_incomplete:
+            st = self.status()
+            raise RunDirError(f"{self.path}: cannot {what}: the run is {state} at stage {st.get('stage')}"
+                              + (f" ({st['error']})" if st.get("error") else "")
+                              + "; fix and re-run that stage, or pass --allow-incomplete")
+        return best
+
+    # ------------------------------------------------------------ metrics and logs
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl (appends of one line are atomic enough for a log)."""
+        with self.metrics_jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_log(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_jsonl)
+
+    def metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_json)
+
+    def update_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Merge `values` into metrics.json under `section` and return the whole document."""
+        doc = self.metrics()
+        doc.setdefault(section, {}).update(values)
+        atomic_write_json(self.metrics_json, doc)
+        return doc
+
+    def set_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Replace metrics.json's `section` with `values` and return the whole document."""
+        doc = self.metrics()
+        doc[section] = values
+        atomic_write_json(self.metrics_json, doc)
+        return doc
+
+    def write_predictions(self, rows: Iterable[dict]) -> None:
+        write_jsonl(self.predictions_path, rows)
+
+    def predictions(self) -> list[dict]:
+        return read_jsonl(self.predictions_path)
+
+    def write_trainable(self, about: dict) -> None:
+        atomic_write_json(self.trainable_path, about)
+
+    def write_report(self, markdown: str, html: str | None) -> Path:
+        atomic_write_text(self.report_md, markdown)
+        if html is None:
+            return self.report_md
+        atomic_write_text(self.report_html, html)
+        return self.report_html
+
+
+def _alive(pid: Any, host: Any) -> bool:
+    """Whether process `pid` still runs (on another host we cannot tell, so assume it does)."""
+    if not isinstance(pid, int):
+        return False
+    if host and host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,184 @@
+"""Batched greedy decoding with a KV cache: constrained to a label set (prefix trie) or free.
+
+Two things make evaluation cheap on a CPU:
+- the prompts of one evaluation share a long prefix (system prompt, instruction, label list, few-shot
+  examples); it is run through the model once and its KV cache is reused by every batch;
+- label-constrained decoding only ever scores the tokens that continue some label, so every
+  prediction is a valid label and it ends after a handful of steps.
+Layout of a batch after the shared prefix: [prefix][left pads][suffix], with the pads masked out and
+position ids that skip them, so each row sees exactly its own prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from tunelab.core.log import progress
+from tunelab.models import Precision
+
+MIN_SHARED_PREFIX = 8   # below this, prefilling the prefix separately saves less than it costs
+
+
+@dataclass
+class LabelTrie:
+    """Prefix trie over the token ids of each label's completion (label text + end-of-turn token)."""
+    root: dict = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    depth: int = 0             # tokens in the longest label: decoding never needs more steps
+
+    @classmethod
+    def build(cls, label_ids: dict[str, list[int]]) -> "LabelTrie":
+        trie = cls(labels=list(label_ids))
+        for index, (label, ids) in enumerate(label_ids.items()):
+            node = trie.root
+            for t in ids:
+                node = node.setdefault(t, {})
+            if None in node:
+                raise ValueError(f"labels {trie.labels[node[None]]!r} and {label!r} tokenize identically")
+            node[None] = index   # terminal: the label's index
+            trie.depth = max(trie.depth, len(ids))
+        return trie
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]          # generated ids, without the end-of-turn token
+    label: int | None = None   # index into LabelTrie.labels when constrained
+
+
+def common_prefix(prompts: list[list[int]]) -> list[int]:
+    """The longest token prefix shared by every prompt, leaving at least one token in each."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return first[:max(n, 0)]
+
+
+class Decoder:
+    """Greedy decoder for one model; `run` evaluates many prompts in batches."""
+
+    def __init__(self, model, prec: Precision, pad_id: int, end_ids: set[int], batch_size: int = 16):
+        self.model, self.prec, self.pad_id = model, prec, pad_id
+        self.end_ids, self.batch_size = set(end_ids), batch_size
+        self.device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def run(self, prompts: list[list[int]], trie: LabelTrie | None = None, max_new_tokens: int = 64,
+            desc: str | None = None) -> list[Decoded]:
+        """Decode every prompt greedily; with `trie`, only label continuations are allowed.
+
+        With `desc`, a progress bar (examples, with an ETA) shows under that name.
+        """
+        if not prompts:
+            return []
+        self.model.eval()
+        prefix = common_prefix(prompts)
+        if len(prefix) < MIN_SHARED_PREFIX:
+            prefix = []
+        prefix_kv = self._prefill(prefix) if prefix else None
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # little padding per batch
+        results: list[Decoded | None] = [None] * len(prompts)
+        with progress(total=len(prompts), desc=desc or "decoding", unit="ex", leave=desc is not None) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                suffixes = [prompts[i][len(prefix):] for i in idx]
+                for i, d in zip(idx, self._batch(prefix_kv, len(prefix), suffixes, trie, max_new_tokens)):
+                    results[i] = d
+                bar.update(len(idx))
+        return results  # type: ignore[return-value]
+
+    def _forward(self, ids, mask, pos, cache, keep: int = 1):
+        """Run the model; returns the logits of the last `keep` positions [B, keep, V] and the cache."""
+        with self.prec.autocast():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                             use_cache=True, logits_to_keep=keep)
+        return out.logits.float(), out.past_key_values
+
+    def _prefill(self, prefix: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        ids = torch.tensor([prefix], device=self.device)
+        pos = torch.arange(len(prefix), device=self.device).unsqueeze(0)
+        _, cache = self._forward(ids, torch.ones_like(ids), pos, DynamicCache())
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _batch(self, prefix_kv, n_prefix: int, suffixes: list[list[int]], trie, max_new: int) -> list[Decoded]:
+        b, width = len(suffixes), max(len(s) for s in suffixes)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        smask = torch.zeros((b, width), dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            ids[r, width - len(s):] = torch.tensor(s)
+            smask[r, width - len(s):] = 1
+        mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long), smask], dim=1).to(self.device)
+        pos = (n_prefix + smask.cumsum(1) - 1).clamp(min=0).to(self.device)
+        cache = DynamicCache()
+        if prefix_kv is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                                 for k, v in prefix_kv])
+        logits, cache = self._forward(ids.to(self.device), mask, pos, cache)
+        logits = logits[:, -1]
+        nodes = [trie.root if trie else None for _ in range(b)]
+        out = [Decoded([]) for _ in range(b)]
+        done = [False] * b
+        next_pos = pos[:, -1] + 1
+        for _ in range(max_new if trie is None else trie.depth):
+            feed = self._advance(self._choose(logits, nodes, done), nodes, out, done)
+            if all(done):
+                break
+            # Each row feeds its new tokens (several when the label trie forces a chain) in one
+            # block, right-padded; pads are masked out and positions count real tokens only.
+            lens = torch.tensor([len(f) for f in feed], device=self.device)
+            width = int(lens.max())
+            block = torch.full((b, width), self.pad_id, dtype=torch.long)
+            for r, f in enumerate(feed):
+                block[r, :len(f)] = torch.tensor(f, dtype=torch.long)
+            real = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).long()
+            mask = torch.cat([mask, real], dim=1)
+            step_pos = next_pos[:, None] + torch.arange(width, device=self.device)[None, :]
+            all_logits, cache = self._forward(block.to(self.device), mask, step_pos, cache, keep=width)
+            logits = all_logits[torch.arange(b, device=self.device), (lens - 1).clamp(min=0)]
+            next_pos = next_pos + lens
+        return out
+
+    def _advance(self, chosen: list[int], nodes, out: list[Decoded], done: list[bool]) -> list[list[int]]:
+        """Record each row's chosen token, follow forced trie chains, and return the tokens to feed next."""
+        feed: list[list[int]] = [[] for _ in chosen]
+        for r, t in enumerate(chosen):
+            if done[r]:
+                continue
+            if nodes[r] is None:                 # free generation
+                if t in self.end_ids:
+                    done[r] = True
+                else:
+                    out[r].tokens.append(t)
+                    feed[r] = [t]
+                continue
+            seq, node = [t], nodes[r][t]
+            while None not in node and len(node) == 1:   # one continuation: no decision to make
+                (forced,) = node.keys()
+                seq.append(forced)
+                node = node[forced]
+            nodes[r] = node
+            out[r].tokens.extend(x for x in seq if x not in self.end_ids)
+            if None in node:
+                out[r].label, done[r] = node[None], True
+            else:
+                feed[r] = seq
+        return feed
+
+    def _choose(self, logits: torch.Tensor, nodes, done) -> list[int]:
+        if nodes[0] is None and all(n is None for n in nodes):
+            return logits.argmax(-1).tolist()
+        chosen = []
+        for r, node in enumerate(nodes):
+            allowed = [t for t in node if t is not None] if not done[r] else []
+            if not allowed:
+                chosen.append(self.pad_id)
+                continue
+            row = logits[r, allowed]
+            chosen.append(allowed[int(row.argmax())])
+        return chosen

@@ -1,0 +1,44 @@
+"""Load a base model and its tokenizer for a task, from whatever `registry.resolve` found."""
+
+from __future__ import annotations
+
+from tunelab.config import ConfigError, ModelConfig
+from tunelab.models.registry import EMBEDDED, local_folder
+from tunelab.tasks import TASKS
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """Load the tokenizer (with its chat template) for `cfg.name`."""
+    from transformers import AutoTokenizer
+
+    folder = local_folder(cfg)
+    tok = AutoTokenizer.from_pretrained(folder, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token_id is None:
+        # Padding positions never carry labels (the renderer builds labels explicitly), so reusing
+        # EOS as pad is safe here; the EOS guard in render.py checks that EOS stays supervised.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = None,
+               labels: list[str] | None = None, dtype=None):
+    """Load the base model with the head `TASKS[task]` declares (a causal LM, or a new sequence-classification head)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    folder = local_folder(cfg)
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype or torch.float32)
+    if TASKS[task].head == "sequence_classification":
+        n = num_labels or (len(labels) if labels else None)
+        if n is None:
+            raise ConfigError("task=classification needs a closed label set in the training data")
+        extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
+        # A checkpoint whose head has another label count (or none) gets a fresh head for this label set.
+        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=n, ignore_mismatched_sizes=True,
+                                                                   **extra, **kw)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = model.config.eos_token_id
+        return model
+    if cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
+        raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")
+    return AutoModelForCausalLM.from_pretrained(folder, **kw)

@@ -1,0 +1,75 @@
+"""Trainer callbacks: the NaN/inf gradient guard, the metrics.jsonl log, and `best/` with early stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tunelab.core.rundir import RunDir, atomic_folder
+from tunelab.methods import save_trained
+from tunelab.train.trainer import DIVERGENCE_CAUSES, TrainingStopped
+
+log = logging.getLogger(__name__)
+
+
+class GradientGuard(TrainerCallback):
+    """Stop before the optimizer step when a gradient is NaN/inf: the step would corrupt the weights."""
+
+    def __init__(self, model):
+        self.params = list(model.parameters())   # all: gradual unfreezing opens more of them later
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise TrainingStopped(f"step {state.global_step + 1}: a gradient is NaN or infinite; "
+                                  f"stopping before it reaches the weights.\n{DIVERGENCE_CAUSES}")
+
+
+class RunLog(TrainerCallback):
+    """Append every logged step (train loss, lr, grad norm, validation loss) to metrics.jsonl."""
+
+    def __init__(self, rd: RunDir):
+        self.rd = rd
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.rd.log({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
+
+
+class BestCheckpoint(TrainerCallback):
+    """Keep `best/` at the lowest validation loss and stop after `patience` validations without improvement.
+
+    Written here rather than with the stock EarlyStoppingCallback + load_best_model_at_end because that
+    pair writes a full checkpoint (optimizer and RNG state) at every validation; we only need the
+    adapter/weights + tokenizer in `best/`, and the step it came from.
+    """
+
+    def __init__(self, out: Path, tokenizer, patience: int | None, min_delta: float):
+        self.out, self.tokenizer = out, tokenizer
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss, self.best_step, self.bad = math.inf, None, 0
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None or not state.is_world_process_zero:
+            return
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_step, self.bad = loss, state.global_step, 0
+            save_model(model, self.tokenizer, self.out, step=state.global_step)
+        else:
+            self.bad += 1
+            if self.patience is not None and self.bad >= self.patience:
+                log.info(f"early stopping at step {state.global_step}: validation loss has not improved for "
+                         f"{self.bad} validations (best {self.best_loss:.4f} at step {self.best_step})")
+                control.should_training_stop = True
+
+
+def save_model(model, tokenizer, out: Path, step: int | None = None) -> None:
+    """Save adapter or weights (safetensors) + tokenizer with its chat template to `out`, atomically."""
+    with atomic_folder(out, {"step": step}) as tmp:
+        save_trained(model, tmp)
+        tokenizer.save_pretrained(tmp)

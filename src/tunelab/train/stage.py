@@ -1,0 +1,139 @@
+"""The `train` stage: base model + method + Trainer, validation, early stopping, `best/` and `last/`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from tunelab.config import Config
+from tunelab.core.rundir import RunDir
+from tunelab.data import Prepared, load_prepared
+from tunelab.methods import apply_method, describe_trainable, method_callbacks, param_groups
+from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
+from tunelab.tasks import TASKS
+from tunelab.train import tracking
+from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
+from tunelab.train.render import Renderer, check_batch
+from tunelab.train.trainer import TunelabTrainer
+
+log = logging.getLogger(__name__)
+
+
+def encode(cfg: Config, renderer: Renderer, prepared: Prepared) -> tuple[list[dict], list[dict], dict]:
+    """Encode train and validation splits for the task; report truncation; run the supervision guards."""
+    task = TASKS[cfg.task]
+    tr, st = task.encode(renderer, prepared.splits["train"], "train", prepared.labels)
+    va, sv = task.encode(renderer, prepared.splits["validation"], "validation", prepared.labels)
+    log.info(f"truncated to data.max_length={cfg.data.max_length}: {st.truncated} of {st.examples} train and "
+             f"{sv.truncated} of {sv.examples} validation examples"
+             + (f" (first: {', '.join(st.truncated_rows[:3])})" if st.truncated else ""))
+    return tr, va, {"truncated": st.truncated, "truncated_validation": sv.truncated}
+
+
+def training_args(cfg: Config, rd: RunDir, prec: Precision) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(rd.checkpoints),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr,
+        num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        warmup_steps=t.warmup_ratio, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm, logging_steps=t.log_every, logging_first_step=True,
+        eval_strategy="steps", eval_steps=t.eval_every, save_strategy="no",
+        bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
+        seed=t.seed, data_seed=t.seed, dataloader_num_workers=0, remove_unused_columns=False,
+        disable_tqdm=False, **tracking.configure(t.report_to, rd, cfg.name),
+    )
+
+
+@dataclass
+class TrainResult:
+    stats: dict            # what metrics.json `train` holds
+    model: torch.nn.Module  # the model as trained (last state)
+
+
+def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=None) -> TrainResult:
+    """Fine-tune on the run's prepared data; write `best/`, `last/`, `metrics.jsonl`, `trainable.json`
+    and the `train` section of metrics.json. Everything evaluated or exported from an earlier model in
+    this folder is removed first.
+
+    Raises:
+        RenderError: examples with nothing supervised, or an unsupervised end-of-turn token.
+        TrainingStopped: a divergence guard fired (the message lists likely causes).
+    """
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
+    prepared = prepared if prepared is not None else load_prepared(rd.data)
+    with rd.stage("train"):
+        return _train(cfg, rd, prepared, tokenizer)
+
+
+def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer) -> TrainResult:
+    task = TASKS[cfg.task]
+    prec = choose_precision(cfg.train)
+    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+    set_seed(cfg.train.seed)
+    log.info(f"precision: {prec.reason}")
+    renderer = Renderer(tokenizer, cfg)
+    train_ex, val_ex, enc_stats = encode(cfg, renderer, prepared)
+    if cfg.train.eval_examples and len(val_ex) > cfg.train.eval_examples:
+        keep = sorted(random.Random(cfg.train.seed).sample(range(len(val_ex)), cfg.train.eval_examples))
+        val_ex = [val_ex[i] for i in keep]
+        log.info(f"validation loss on a fixed seeded subset of {len(val_ex)} validation examples (train.eval_examples)")
+
+    model = load_model(cfg.model, cfg.task, labels=prepared.labels)
+    model = apply_method(model, cfg.method, cfg.task)
+    about = describe_trainable(model, cfg.method, cfg.train)
+    rd.write_trainable(about)
+    log.info(f"trainable parameters: {about['trainable']:,} of {about['total']:,} "
+             f"({100 * about['trainable'] / about['total']:.2f}%), lr {cfg.train.lr:g}"
+             + (f", LoRA scale {about['lora_scale']:g}" if about.get("lora_scale") else ""))
+    for w in about.get("warnings", []):
+        log.warning(w)
+
+    batching = cfg.train.batching
+    if cfg.method.name == "prompt_tuning" and batching != "padded":
+        # Virtual tokens are prepended to every row, which a packed row cannot express.
+        log.info(f"train.batching={batching} does not fit prompt tuning's virtual tokens: using padded")
+        batching = "padded"
+    collator = task.collator(tokenizer, batching)
+    if task.supervision == "completion":
+        sample = train_ex[: cfg.train.batch_size]
+        check_batch(collator(sample), renderer.end_ids, len(sample))
+
+    best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))
+    trainer = TunelabTrainer(
+        model=model, args=training_args(cfg, rd, prec), train_dataset=train_ex,
+        eval_dataset=val_ex, data_collator=collator, processing_class=tokenizer,
+        optimizers=(optimizer, None), objective=task.objective, zero_loss_steps=cfg.train.zero_loss_steps,
+        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method)])
+    start = time.time()
+    out = trainer.train()
+    wall = time.time() - start
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
+    if not evaluated or evaluated[-1] != trainer.state.global_step:
+        trainer.evaluate()   # judge the final weights too, so best/ is the best of every state reached
+    save_model(model, tokenizer, rd.last, step=trainer.state.global_step)
+    if not rd.best.exists():
+        shutil.copytree(rd.last, rd.best)
+    shutil.rmtree(rd.checkpoints, ignore_errors=True)
+    stats = {
+        "tokens_per_second": round(trainer.tokens_seen / wall, 1),
+        "supervised_tokens_per_second": round(trainer.supervised_seen / wall, 1),
+        "wall_seconds": round(wall, 1), "steps": trainer.state.global_step,
+        "best_step": best.best_step, "best_eval_loss": None if best.best_step is None else round(best.best_loss, 5),
+        "train_loss": round(out.training_loss, 5), "examples": len(train_ex), "tokens": trainer.tokens_seen,
+        "precision": prec.reason, "trainable_params": about["trainable"], "total_params": about["total"],
+        **enc_stats,
+    }
+    rd.set_metrics("train", stats)
+    log.info(f"trained {stats['steps']} steps in {wall:.0f}s ({stats['tokens_per_second']:.0f} tokens/s); "
+             f"best validation loss {stats['best_eval_loss']} at step {stats['best_step']}")
+    return TrainResult(stats, model)
