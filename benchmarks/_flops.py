@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunelab.collate import token_counts
+from tunelab.train.collate import token_counts
 
 
 def flop_terms(cfg, r: int) -> tuple[float, float, float]:

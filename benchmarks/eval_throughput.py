@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    from tunelab.decoding import Decoder, LabelTrie
-    from tunelab.precision import Precision
+    from tunelab.evaluate.decoding import Decoder, LabelTrie
+    from tunelab.models import Precision
 
     folder = model_folder()
     tok = AutoTokenizer.from_pretrained(folder)

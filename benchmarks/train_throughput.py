@@ -101,11 +101,12 @@ def common_args(a, out: str, **extra) -> dict:
 
 def run_tunelab(a, examples: list[dict], tok, out: str) -> dict:
     """tunelab's own training pieces: `load_model`, `apply_method`, `make_collator`, `TunelabTrainer`."""
-    from tunelab.collate import make_collator
+    from tunelab.train.collate import make_collator
     from tunelab.config import MethodConfig, ModelConfig
     from tunelab.methods import apply_method, param_groups
     from tunelab.models import load_model
-    from tunelab.trainer import TunelabTrainer
+    from tunelab.tasks import TASKS
+    from tunelab.train.trainer import TunelabTrainer
 
     dtype = torch.bfloat16 if a.tl_precision == "bf16-weights" else torch.float32
     model = load_model(ModelConfig(), "sft", dtype=dtype)  # sdpa attention, transformers' default
@@ -120,7 +121,8 @@ def run_tunelab(a, examples: list[dict], tok, out: str) -> dict:
                                            remove_unused_columns=False, max_grad_norm=1.0))
     opt = torch.optim.AdamW(param_groups(model, method, 2e-4, 0.0), lr=2e-4, fused=a.tl_fused_adam or None)
     trainer = TunelabTrainer(model=model, args=args, train_dataset=[{k: e[k] for k in ("input_ids", "labels")} for e in examples],
-                             data_collator=collator, optimizers=(opt, None), callbacks=[clock])
+                             data_collator=collator, optimizers=(opt, None), callbacks=[clock],
+                             objective=TASKS["sft"].objective)
     return measure(trainer, clock, collator.queue, examples, a.warmup, a.batch_size, LORA["r"])
 
 
