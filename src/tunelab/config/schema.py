@@ -10,7 +10,12 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from tunelab.config._section import Section as _Section
+from tunelab.config.monitor import MonitorConfig
+from tunelab.config.serve import ServeConfig
+from tunelab.config.tune import TuneConfig
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -25,10 +30,6 @@ def check_name(name: str) -> str:
         raise ValueError(f"run name {name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit, without '/' or '..'")
     return name
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DedupConfig(_Section):
@@ -142,6 +143,9 @@ class Config(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig, description="Fine-tuning method.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation and validation.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and baselines.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyper-parameter search (`tunelab tune`).")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving (`tunelab serve`).")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Production monitoring (`tunelab monitor`).")
     base_dir: str = Field(".", description="Folder that relative data paths resolve against (set to the config file's folder on load).")
 
     @field_validator("name")

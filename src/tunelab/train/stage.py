@@ -8,9 +8,10 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from tunelab.config import Config
 from tunelab.core.rundir import RunDir
@@ -59,10 +60,11 @@ class TrainResult:
     model: torch.nn.Module  # the model as trained (last state)
 
 
-def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=None) -> TrainResult:
+def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=None,
+        callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
     """Fine-tune on the run's prepared data; write `best/`, `last/`, `metrics.jsonl`, `trainable.json`
     and the `train` section of metrics.json. Everything evaluated or exported from an earlier model in
-    this folder is removed first.
+    this folder is removed first. `callbacks` are added to the Trainer's (e.g. a tuning study's pruner).
 
     Raises:
         RenderError: examples with nothing supervised, or an unsupervised end-of-turn token.
@@ -71,22 +73,31 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     prepared = prepared if prepared is not None else load_prepared(rd.data)
     with rd.stage("train"):
-        return _train(cfg, rd, prepared, tokenizer)
+        prec = choose_precision(cfg.train)
+        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+        set_seed(cfg.train.seed)
+        log.info(f"precision: {prec.reason}")
+        renderer = Renderer(tokenizer, cfg)
+        train_ex, val_ex, enc_stats = encode(cfg, renderer, prepared)
+        val_ex = validation_subset(cfg, val_ex)
+        model, about = build_model(cfg, rd, prepared)
+        trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks)
+        start = time.time()
+        out = trainer.train()
+        return finish(cfg, rd, trainer, best, out, time.time() - start, prec, about, enc_stats)
 
 
-def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer) -> TrainResult:
-    task = TASKS[cfg.task]
-    prec = choose_precision(cfg.train)
-    torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
-    set_seed(cfg.train.seed)
-    log.info(f"precision: {prec.reason}")
-    renderer = Renderer(tokenizer, cfg)
-    train_ex, val_ex, enc_stats = encode(cfg, renderer, prepared)
+def validation_subset(cfg: Config, val_ex: list[dict]) -> list[dict]:
+    """The fixed seeded subset of validation examples the validation loss is computed on (train.eval_examples)."""
     if cfg.train.eval_examples and len(val_ex) > cfg.train.eval_examples:
         keep = sorted(random.Random(cfg.train.seed).sample(range(len(val_ex)), cfg.train.eval_examples))
         val_ex = [val_ex[i] for i in keep]
         log.info(f"validation loss on a fixed seeded subset of {len(val_ex)} validation examples (train.eval_examples)")
+    return val_ex
 
+
+def build_model(cfg: Config, rd: RunDir, prepared: Prepared) -> tuple[torch.nn.Module, dict]:
+    """The base model with the method applied; what it trains is logged and written to trainable.json."""
     model = load_model(cfg.model, cfg.task, labels=prepared.labels)
     model = apply_method(model, cfg.method, cfg.task)
     about = describe_trainable(model, cfg.method, cfg.train)
@@ -96,7 +107,14 @@ def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer) -> TrainResul
              + (f", LoRA scale {about['lora_scale']:g}" if about.get("lora_scale") else ""))
     for w in about.get("warnings", []):
         log.warning(w)
+    return model, about
 
+
+def build_trainer(cfg: Config, rd: RunDir, model, tokenizer, renderer: Renderer, prec: Precision,
+                  train_ex: list[dict], val_ex: list[dict], callbacks: Sequence[TrainerCallback] = ()
+                  ) -> tuple[TunelabTrainer, BestCheckpoint]:
+    """Our Trainer with the task's collator and objective, the guards, metrics.jsonl and `best/`."""
+    task = TASKS[cfg.task]
     batching = cfg.train.batching
     if cfg.method.name == "prompt_tuning" and batching != "padded":
         # Virtual tokens are prepended to every row, which a packed row cannot express.
@@ -106,21 +124,23 @@ def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer) -> TrainResul
     if task.supervision == "completion":
         sample = train_ex[: cfg.train.batch_size]
         check_batch(collator(sample), renderer.end_ids, len(sample))
-
     best = BestCheckpoint(rd.best, tokenizer, cfg.train.patience, cfg.train.min_delta)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.method, cfg.train.lr, cfg.train.weight_decay))
     trainer = TunelabTrainer(
         model=model, args=training_args(cfg, rd, prec), train_dataset=train_ex,
         eval_dataset=val_ex, data_collator=collator, processing_class=tokenizer,
         optimizers=(optimizer, None), objective=task.objective, zero_loss_steps=cfg.train.zero_loss_steps,
-        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method)])
-    start = time.time()
-    out = trainer.train()
-    wall = time.time() - start
+        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method), *callbacks])
+    return trainer, best
+
+
+def finish(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint, out, wall: float,
+           prec: Precision, about: dict, enc_stats: dict) -> TrainResult:
+    """Judge the final weights, write `last/` (and `best/` if no validation ran), record the `train` metrics."""
     evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     if not evaluated or evaluated[-1] != trainer.state.global_step:
         trainer.evaluate()   # judge the final weights too, so best/ is the best of every state reached
-    save_model(model, tokenizer, rd.last, step=trainer.state.global_step)
+    save_model(trainer.model, trainer.processing_class, rd.last, step=trainer.state.global_step)
     if not rd.best.exists():
         shutil.copytree(rd.last, rd.best)
     shutil.rmtree(rd.checkpoints, ignore_errors=True)
@@ -129,11 +149,11 @@ def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer) -> TrainResul
         "supervised_tokens_per_second": round(trainer.supervised_seen / wall, 1),
         "wall_seconds": round(wall, 1), "steps": trainer.state.global_step,
         "best_step": best.best_step, "best_eval_loss": None if best.best_step is None else round(best.best_loss, 5),
-        "train_loss": round(out.training_loss, 5), "examples": len(train_ex), "tokens": trainer.tokens_seen,
-        "precision": prec.reason, "trainable_params": about["trainable"], "total_params": about["total"],
-        **enc_stats,
+        "train_loss": round(out.training_loss, 5), "examples": len(trainer.train_dataset),
+        "tokens": trainer.tokens_seen, "precision": prec.reason, "trainable_params": about["trainable"],
+        "total_params": about["total"], **enc_stats,
     }
     rd.set_metrics("train", stats)
     log.info(f"trained {stats['steps']} steps in {wall:.0f}s ({stats['tokens_per_second']:.0f} tokens/s); "
              f"best validation loss {stats['best_eval_loss']} at step {stats['best_step']}")
-    return TrainResult(stats, model)
+    return TrainResult(stats, trainer.model)
