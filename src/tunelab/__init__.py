@@ -48,11 +48,13 @@ def load_config(config: "str | Path | Config", overrides: list[str] | None = Non
     return _load(Path(config), overrides or [])
 
 
-def run(config: "str | Path | Config", overrides: list[str] | None = None, overwrite: bool = False) -> "RunDir":
-    """Prepare, train, evaluate against the zero-/few-shot baselines and write the report (`tunelab run`)."""
+def run(config: "str | Path | Config", overrides: list[str] | None = None, overwrite: bool = False,
+        resume: bool = False) -> "RunDir":
+    """Prepare, train, evaluate against the zero-/few-shot baselines and write the report (`tunelab run`);
+    `resume` continues an existing run where it stopped (`tunelab run --resume`)."""
     runtime_defaults()
     from tunelab import pipeline
-    return pipeline.run(load_config(config, overrides), overwrite)
+    return pipeline.run(load_config(config, overrides), overwrite, resume)
 
 
 def prepare(config: "str | Path | Config", overrides: list[str] | None = None, overwrite: bool = False) -> "RunDir":
@@ -61,11 +63,12 @@ def prepare(config: "str | Path | Config", overrides: list[str] | None = None, o
     return pipeline.prepare(load_config(config, overrides), overwrite)
 
 
-def train(config: "str | Path | Config", overrides: list[str] | None = None, overwrite: bool = False) -> "RunDir":
-    """Prepare the data and fine-tune, without evaluation (`tunelab train`)."""
+def train(config: "str | Path | Config", overrides: list[str] | None = None, overwrite: bool = False,
+          resume: bool = False) -> "RunDir":
+    """Prepare the data and fine-tune, without evaluation (`tunelab train`; `resume` as in `run`)."""
     runtime_defaults()
     from tunelab import pipeline
-    return pipeline.train_only(load_config(config, overrides), overwrite)
+    return pipeline.train_only(load_config(config, overrides), overwrite, resume)
 
 
 def evaluate(run_dir: "str | Path", test_file: "str | Path | None" = None) -> dict:

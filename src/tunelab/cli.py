@@ -22,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 OVERRIDES = typer.Argument(None, help="Config overrides as dotted key=value, e.g. train.lr=1e-4")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing run folder of the same name")
+RESUME = typer.Option(False, "--resume", help="Continue the run of this config where it stopped: completed stages "
+                      "are kept, training goes on from its newest complete checkpoint (refused when the config or "
+                      "the data changed). CONFIG may be the run folder itself.")
 ALLOW_INCOMPLETE = typer.Option(False, "--allow-incomplete",
                                 help="Use a run whose training did not complete (whatever best/ holds)")
 
@@ -36,13 +39,22 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Also pri
 def _guard(fn, *args, **kwargs):
     from tunelab.core.errors import UserError
 
+    from tunelab.core.errors import Interrupted
+
     try:
         return fn(*args, **kwargs)
+    except Interrupted as e:
+        typer.secho(f"interrupted: {e}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(e.exit_code)
     except UserError as e:
         if os.environ.get("TUNELAB_DEBUG"):
             raise
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         raise typer.Exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the stage that was running is recorded as interrupted; continue with --resume",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
 
 
 def _config(path: Path, overrides: Optional[list[str]]):
@@ -56,10 +68,11 @@ def _run_dir(path: Path):
 
 
 @app.command()
-def run(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE):
+def run(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE,
+        resume: bool = RESUME):
     """Prepare data, fine-tune, evaluate against zero-/few-shot baselines and write the report."""
     from tunelab import pipeline
-    _guard(pipeline.run, _config(config, overrides), overwrite)
+    _guard(pipeline.run, _config(config, overrides), overwrite, resume)
 
 
 @app.command()
@@ -70,10 +83,11 @@ def prepare(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite:
 
 
 @app.command()
-def train(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE):
+def train(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE,
+          resume: bool = RESUME):
     """Prepare the data and fine-tune (no evaluation)."""
     from tunelab import pipeline
-    _guard(pipeline.train_only, _config(config, overrides), overwrite)
+    _guard(pipeline.train_only, _config(config, overrides), overwrite, resume)
 
 
 @app.command("eval")

@@ -7,28 +7,38 @@ import logging
 from pathlib import Path
 
 from tunelab.config import Config
-from tunelab.core.rundir import RunDir
+from tunelab.core.errors import RunDirError
+from tunelab.core.rundir import RunDir, sweep
 from tunelab.data import stage as prepare_stage
 from tunelab.evaluate import stage as evaluate_stage
 from tunelab.models import load_tokenizer
 from tunelab.report import stage as report_stage
 from tunelab.report.markdown import comparison_table
+from tunelab.train import checkpoints
 from tunelab.train import stage as train_stage
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, overwrite: bool = False) -> RunDir:
-    """The whole lifecycle for `cfg`: prepare, train, evaluate against the baselines, write the report."""
-    rd = RunDir.create(cfg, overwrite)
-    log.info(f"run folder: {rd.path}")
+def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
+    """The whole lifecycle for `cfg`: prepare, train, evaluate against the baselines, write the report.
+
+    With `resume`, an existing run continues where it stopped: completed stages are kept, training goes
+    on from its newest complete checkpoint (refused when the config or the data changed).
+    """
+    rd = open_run(cfg, overwrite, resume)
     tokenizer = load_tokenizer(cfg.model)
+    if resume:
+        checkpoints.check_data_unchanged(cfg, rd, tokenizer)
     prepared = prepare_stage.run(cfg, rd, tokenizer)
-    train_stage.run(cfg, rd, prepared, tokenizer)
-    evaluate_stage.run(cfg, rd, prepared, tokenizer)
-    path = report_stage.run(cfg, rd)
-    log.info("\n" + comparison_table(rd.metrics()))
-    log.info(f"report: {path}")
+    if _to_do(rd, "train", resume):
+        train_stage.run(cfg, rd, prepared, tokenizer, resume=resume)
+    if _to_do(rd, "evaluate", resume):
+        evaluate_stage.run(cfg, rd, prepared, tokenizer)
+    if _to_do(rd, "report", resume):
+        path = report_stage.run(cfg, rd)
+        log.info("\n" + comparison_table(rd.metrics()))
+        log.info(f"report: {path}")
     return rd
 
 
@@ -39,13 +49,53 @@ def prepare(cfg: Config, overwrite: bool = False) -> RunDir:
     return rd
 
 
-def train_only(cfg: Config, overwrite: bool = False) -> RunDir:
-    """Prepare the data and fine-tune (no evaluation)."""
-    rd = RunDir.create(cfg, overwrite)
+def train_only(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
+    """Prepare the data and fine-tune (no evaluation); `resume` as in `run`."""
+    rd = open_run(cfg, overwrite, resume)
     tokenizer = load_tokenizer(cfg.model)
+    if resume:
+        checkpoints.check_data_unchanged(cfg, rd, tokenizer)
     prepared = prepare_stage.run(cfg, rd, tokenizer)
-    train_stage.run(cfg, rd, prepared, tokenizer)
+    if _to_do(rd, "train", resume):
+        train_stage.run(cfg, rd, prepared, tokenizer, resume=resume)
     return rd
+
+
+def open_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
+    """The run folder for `cfg`: a new one (`RunDir.create`), or with `resume` the existing one, whose
+    training config must be unchanged (a folder that does not exist yet starts a new run).
+
+    Raises:
+        RunDirError: --overwrite with --resume, or the run is being worked on by a live process.
+        ResumeError: the training config differs from the run's (every difference listed).
+    """
+    if overwrite and resume:
+        raise RunDirError("--overwrite replaces a run and --resume continues it: choose one")
+    rd = RunDir.for_config(cfg)
+    if not resume or not rd.is_run():
+        if resume:
+            log.info(f"nothing to resume in {rd.path}: starting a new run")
+        rd = RunDir.create(cfg, overwrite)
+        log.info(f"run folder: {rd.path}")
+        return rd
+    rd.refuse_if_busy()
+    checkpoints.refuse_changes(rd, "the training config", checkpoints.config_changes(rd, cfg),
+                               f"resume with the config it was made with (`--resume` accepts the run folder: "
+                               f"`tunelab train {rd.path} --resume`) or start a new run (--overwrite, or another name)")
+    sweep(rd.path)
+    sweep(rd.checkpoints)
+    rd.write_config(cfg)   # what may change on resume (evaluation settings, threads) applies from now on
+    log.info(f"resuming {rd.path} ({rd.state()} at stage {rd.status().get('stage') or 'none'})")
+    return rd
+
+
+def _to_do(rd: RunDir, stage: str, resume: bool) -> bool:
+    """Whether `stage` must run: always for a new run; on resume, unless it completed (a stage that ran
+    again before it removed the entries of what it derived, so those run again too)."""
+    if resume and rd.stage_state(stage) == "complete":
+        log.info(f"{stage}: complete, kept")
+        return False
+    return True
 
 
 def evaluate_run(rd: RunDir, test_file: Path | None = None, allow_incomplete: bool = False) -> dict:

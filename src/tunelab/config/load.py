@@ -89,19 +89,47 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         ConfigError: missing file, bad YAML, unknown key (with did-you-mean) or wrong type.
     """
     path = Path(path)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        path = path / "config.yaml"   # a run folder stands for the config it was made with
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(_config_text(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of sections (data, model, ...)")
+    raw.pop("_meta", None)   # what tunelab adds to a run folder's config.yaml (version, git sha)
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("base_dir", str(path.resolve().parent))
     return config_from_dict(raw, source=str(path))
+
+
+def _config_text(path: Path) -> str:
+    """The config file's text; anything but UTF-8 is refused with the place of the first bad byte."""
+    raw = path.read_bytes()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: the config is UTF-16 (it starts with a UTF-16 byte-order mark); "
+                          "re-save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}: the config is not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                          f"{column}); re-save it as UTF-8") from None
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """What changed between two nested dicts, one line per dotted key: `train.lr changed (0.001 -> 0.002)`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(new) + [k for k in old if k not in new]:
+            out += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if old == new else [f"{prefix} changed ({old!r} -> {new!r})"]
 
 
 def config_from_dict(raw: dict, source: str = "config") -> Config:

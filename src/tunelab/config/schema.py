@@ -6,6 +6,7 @@ models; unknown keys are rejected (`extra="forbid"`). Loading and overrides are 
 
 from __future__ import annotations
 
+import codecs
 import re
 from pathlib import Path
 from typing import Literal
@@ -63,10 +64,21 @@ class DataConfig(_Section):
     leakage: Literal["refuse", "drop", "warn"] = Field("refuse", description="What to do when train shares exact or near-duplicate texts with validation/test: refuse to train, drop them from train, or warn.")
     chunk_tokens: int = Field(512, ge=16, description="task=pretrain: chunk documents into pieces of this many tokens.")
     chunk_overlap: int = Field(64, ge=0, description="task=pretrain: tokens shared by consecutive chunks.")
-    encoding: str = Field("utf-8", description="Text encoding of the input files (e.g. latin-1, cp1252); bytes that do not decode are reported by line.")
+    encoding: str | dict[Literal["train", "validation", "test"], str] = Field("utf-8", description="Text encoding of the input files (e.g. latin-1, cp1252), or one per split ({train: utf-16, test: utf-8}); bytes that do not decode are reported by line. A file that starts with a byte-order mark (UTF-8, UTF-16, UTF-32) is read in the encoding the mark names, whatever this says.")
     errors: Literal["fail", "skip"] = Field("fail", description="Rows that cannot be read (malformed JSON, undecodable bytes, wrong field count, missing field): fail listing every problem, or skip them and count them as dropped.")
     date_order: Literal["mdy", "dmy"] = Field("mdy", description="`dates` op: how to read ambiguous dates like 03/05/2024.")
     boilerplate_share: float = Field(0.3, gt=0.0, le=1.0, description="`boilerplate` op: a line recurring in at least this share of documents (and at least 3) is removed.")
+
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding(cls, v):
+        for name in ([v] if isinstance(v, str) else v.values()):
+            try:
+                codecs.lookup(name)
+            except LookupError:
+                raise ValueError(f"unknown text encoding {name!r} (e.g. utf-8, utf-16, latin-1, cp1252)") from None
+        return v
 
 
 class ModelConfig(_Section):
@@ -109,6 +121,8 @@ class TrainConfig(_Section):
     min_delta: float = Field(0.0, ge=0.0, description="Early stopping: smallest validation-loss decrease that counts as improvement.")
     zero_loss_steps: int = Field(20, ge=1, description="Stop when this many consecutive steps log a loss of exactly zero.")
     log_every: int = Field(5, ge=1, description="Log training loss every this many optimizer steps.")
+    save_every: int | None = Field(100, ge=1, description="Save a resumable checkpoint (weights or adapter, optimizer, scheduler, RNG states, data position) every this many optimizer steps into `checkpoints/`, for `--resume` after a crash (None = only when stopped by SIGTERM/SIGINT). Make it a multiple of log_every so the first loss logged after a resume averages the same steps as without one. Checkpoints are removed when training completes.")
+    keep_checkpoints: int = Field(2, ge=1, description="Keep only this many newest complete checkpoints (older ones are deleted as new ones are saved).")
     seed: int = Field(0, description="Seed for data order, splits and initialisation.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train: `auto` picks CUDA when available.")

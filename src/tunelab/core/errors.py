@@ -20,3 +20,14 @@ class ConfigError(UserError, ValueError):
 
 class RunDirError(UserError):
     """A folder that is not a run folder, or a run in the wrong state for what was asked."""
+
+
+class Interrupted(UserError):
+    """Work stopped on request (SIGINT/SIGTERM) after saving what lets it continue; the run is `interrupted`.
+
+    The exit code follows the shell convention 128 + signal number (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, message: str, signum: int = 2):
+        super().__init__(message)
+        self.exit_code = 128 + signum

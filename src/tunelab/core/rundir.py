@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +32,10 @@ import yaml
 
 from tunelab import __version__
 from tunelab.config import Config, check_name, config_from_dict, dump_config
-from tunelab.core.errors import RunDirError, UserError
+from tunelab.core.errors import Interrupted, RunDirError, UserError
+# Re-exported: stages import the crash-safe writers from here with the paths they write.
+from tunelab.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable,  # noqa: F401
+                                read_json, read_jsonl, remove_tree, sweep, write_jsonl)
 
 SPLITS = ("train", "validation", "test")
 STAGES = ("prepare", "train", "evaluate", "report", "export")
@@ -56,53 +60,12 @@ DERIVED: dict[str, tuple[str, ...]] = {
 # Stages whose outcome is the run's outcome; an export that fails leaves the run as it was.
 LIFECYCLE = ("prepare", "train", "evaluate", "report")
 MODEL_MARKER = ".tunelab-complete"   # written last into best/ and last/: the folder is whole
+# Written last into a Trainer checkpoint folder (after the Trainer saved it): the checkpoint is whole.
+CHECKPOINT_MARKER = "tunelab_checkpoint.json"
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")   # transformers' PREFIX_CHECKPOINT_DIR + step
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a temp file in the same folder and an atomic rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, doc: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    """Write one JSON object per line, atomically."""
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not Path(path).is_file():
-        return []
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8")) if Path(path).is_file() else {}
-    except json.JSONDecodeError as e:
-        raise RunDirError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): the file is damaged") from None
+# ---------------------------------------------------------------- model folders
 
 
 @contextmanager
@@ -130,6 +93,14 @@ def atomic_folder(final: Path, marker: dict | None = None) -> Iterator[Path]:
 def is_complete_model(folder: Path) -> bool:
     """True when `folder` was fully written by `atomic_folder` (its completion marker is present)."""
     return (Path(folder) / MODEL_MARKER).is_file()
+
+
+def model_marker(folder: Path) -> dict:
+    """What the completion marker of a model folder records (e.g. the step), {} when it has none."""
+    try:
+        return read_json(Path(folder) / MODEL_MARKER)
+    except RunDirError:
+        return {}
 
 
 def _now() -> str:
@@ -275,10 +246,11 @@ class RunDir:
         rd = cls.for_config(cfg)
         if rd.path.exists() and any(rd.path.iterdir()):
             if overwrite:
+                rd.refuse_if_busy()
                 if not rd.is_run():
                     raise RunDirError(f"{rd.path} exists and is not a tunelab run folder: refusing to delete it "
                                       "(choose another name= or runs_dir=)")
-                shutil.rmtree(rd.path)
+                remove_tree(rd.path)
             elif not rd.is_run():
                 raise RunDirError(f"{rd.path} exists and is not a tunelab run folder; choose another name= or runs_dir=")
             elif rd.done_beyond("prepare") and not (stage == "prepare" and rd.same_config(cfg)):
@@ -286,6 +258,13 @@ class RunDir:
         rd.path.mkdir(parents=True, exist_ok=True)
         rd.write_config(cfg)
         return rd
+
+    def refuse_if_busy(self) -> None:
+        """Raise RunDirError when a live process is working on this run (its status says `running`)."""
+        if self.state() == "running":
+            st = self.status()
+            raise RunDirError(f"{self.path} is being worked on by process {st.get('pid')} on {st.get('host')} "
+                              f"(stage {st.get('stage')}): wait for it or stop it first")
 
     def done_beyond(self, stage: str) -> bool:
         """True when a stage after `stage` has started in this folder (or left outputs behind)."""
@@ -367,7 +346,7 @@ class RunDir:
                     continue
                 p = self.path / out
                 if p.is_dir():
-                    shutil.rmtree(p)
+                    remove_tree(p)
                     removed.append(out + "/")
                 elif p.exists():
                     p.unlink()
@@ -391,13 +370,14 @@ class RunDir:
         removed first, so nothing stale is left beside the new result; with `fresh`, so are the
         stage's own earlier outputs (a resumed stage keeps them). Yields the stage's status entry.
         """
+        check_writable(self.path)
         self.invalidate(tuple(DERIVED[name] if derived is None else derived) + ((name,) if fresh else ()))
         entry = {"status": "running", "started": _now(), "pid": os.getpid()}
         self._record(name, entry, running=True)
         try:
             yield entry
         except BaseException as e:
-            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
+            interrupted = isinstance(e, (KeyboardInterrupt, SystemExit, Interrupted))
             message = (str(e) or type(e).__name__) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
             entry.update(status="interrupted" if interrupted else "failed", finished=_now(),
                          error=None if interrupted else message[:2000])
@@ -476,7 +456,73 @@ class RunDir:
             f.write(json.dumps(record) + "\n")
 
     def read_log(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.metrics_jsonl)
+        """metrics.jsonl's records; a last line torn by a killed writer is ignored."""
+        return read_jsonl(self.metrics_jsonl, torn_tail_ok=True)
+
+    def log_lines(self) -> int:
+        """How many whole lines metrics.jsonl holds (a checkpoint records it to cut the log back on resume)."""
+        if not self.metrics_jsonl.is_file():
+            return 0
+        return self.metrics_jsonl.read_bytes().count(b"\n")
+
+    def truncate_log(self, lines: int) -> int:
+        """Keep the first `lines` whole lines of metrics.jsonl (what a resumed run logs again goes after
+        them); returns how many lines, counting a torn last one, were removed."""
+        if not self.metrics_jsonl.is_file():
+            return 0
+        parts = self.metrics_jsonl.read_bytes().split(b"\n")
+        whole = parts[:min(lines, len(parts) - 1)]
+        extra = len(parts) - 1 - len(whole) + (1 if parts[-1] else 0)
+        atomic_write_bytes(self.metrics_jsonl, b"".join(p + b"\n" for p in whole))
+        return max(extra, 0)
+
+    # ------------------------------------------------------------ resumable checkpoints
+
+    def checkpoint_path(self, step: int) -> Path:
+        """The Trainer's checkpoint folder for `step` (transformers names it checkpoint-<step>)."""
+        return self.checkpoints / f"checkpoint-{step}"
+
+    def checkpoint_best(self, checkpoint: Path) -> Path:
+        """Where `best/` as it was at `checkpoint` is kept (hard links), beside the checkpoint folder:
+        inside it the Trainer would take it for a second adapter to load."""
+        return Path(checkpoint).with_name(Path(checkpoint).name + ".best")
+
+    def checkpoint_folders(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every checkpoint folder, complete or not, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.checkpoints.iterdir()
+                 if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+        return sorted(found)
+
+    def mark_checkpoint(self, checkpoint: Path, about: dict) -> None:
+        """Write the completion marker of a checkpoint the Trainer finished saving: `about` plus every
+        file's size, so a checkpoint whose files were later cut short or deleted reads as incomplete."""
+        files = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(Path(checkpoint).rglob("*"))
+                 if p.is_file() and p.name != CHECKPOINT_MARKER}
+        atomic_write_json(Path(checkpoint) / CHECKPOINT_MARKER, {"written": _now(), **about, "files": files})
+
+    def checkpoint_marker(self, checkpoint: Path) -> dict | None:
+        """The marker of a complete checkpoint, or None (no marker, a damaged one, or files that
+        differ from those it lists)."""
+        try:
+            marker = read_json(Path(checkpoint) / CHECKPOINT_MARKER)
+        except RunDirError:
+            return None
+        files = marker.get("files")
+        if not marker or not files:
+            return None
+        for rel, size in files.items():
+            f = Path(checkpoint) / rel
+            if not f.is_file() or f.stat().st_size != size:
+                return None
+        return marker
+
+    def remove_checkpoint(self, checkpoint: Path) -> None:
+        """Delete a checkpoint (its marker first, so a removal cut short never looks complete) and its best/ copy."""
+        (Path(checkpoint) / CHECKPOINT_MARKER).unlink(missing_ok=True)
+        remove_tree(Path(checkpoint))
+        remove_tree(self.checkpoint_best(checkpoint))
 
     def metrics(self) -> dict[str, Any]:
         return read_json(self.metrics_json)

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tunelab.config import Config
+from tunelab.config import Config, differences
 from tunelab.core.rundir import SPLITS, DataDir, RunDirError
 from tunelab.data.ingest import expand, sha256_file
 
@@ -54,14 +54,15 @@ def why_rebuild(data: DataDir, parts: dict) -> str | None:
         old = data.manifest().get("fingerprint_parts", {})
     except RunDirError:
         return "manifest.json is unreadable"
-    changes = _differences(old, parts)
+    changes = differences_of_parts(old, parts)
     if changes:
         return "; ".join(changes[:6]) + (f" (+{len(changes) - 6} more)" if len(changes) > 6 else "")
     missing = data.missing()
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def differences_of_parts(old: dict, new: dict) -> list[str]:
+    """What changed between two fingerprints' parts, one line each (`train input a.csv changed`)."""
     out = []
     for split in sorted(set(old.get("inputs", {})) | set(new["inputs"])):
         a, b = old.get("inputs", {}).get(split, {}), new["inputs"].get(split, {})
@@ -69,9 +70,7 @@ def _differences(old: dict, new: dict) -> list[str]:
             if a.get(path) != b.get(path):
                 state = "added" if path not in a else "removed" if path not in b else "changed"
                 out.append(f"{split} input {Path(path).name} {state}")
-    for key, val in new["data"].items():
-        if old.get("data", {}).get(key) != val:
-            out.append(f"data.{key} changed ({old.get('data', {}).get(key)!r} -> {val!r})")
+    out += differences(old.get("data", {}), new["data"], "data")
     for key in ("format", "model", "task", "seed", "max_labels", "references"):
         if old.get(key) != new[key]:
             out.append(f"{key} changed ({old.get(key)!r} -> {new[key]!r})")

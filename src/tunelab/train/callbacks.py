@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from tunelab.core.rundir import RunDir, atomic_folder
 from tunelab.methods import save_trained
@@ -40,18 +41,33 @@ class RunLog(TrainerCallback):
             self.rd.log({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs})
 
 
-class BestCheckpoint(TrainerCallback):
+class BestCheckpoint(TrainerCallback, ExportableState):
     """Keep `best/` at the lowest validation loss and stop after `patience` validations without improvement.
 
     Written here rather than with the stock EarlyStoppingCallback + load_best_model_at_end because that
     pair writes a full checkpoint (optimizer and RNG state) at every validation; we only need the
-    adapter/weights + tokenizer in `best/`, and the step it came from.
+    adapter/weights + tokenizer in `best/`, and the step it came from. Its state (best loss and step,
+    validations without improvement) goes into every resumable checkpoint through the Trainer's
+    `ExportableState` and is taken back when training resumes from one.
     """
 
     def __init__(self, out: Path, tokenizer, patience: int | None, min_delta: float):
         self.out, self.tokenizer = out, tokenizer
         self.patience, self.min_delta = patience, min_delta
         self.best_loss, self.best_step, self.bad = math.inf, None, 0
+
+    def state(self) -> dict:
+        # No "args": the stock restore (restore_callback_states_from_checkpoint) would rebuild the
+        # callback from them; tunelab leaves that off and restores the attributes in on_train_begin.
+        return {"args": {}, "attributes": {"best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+                                           "best_step": self.best_step, "bad": self.bad}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if state.global_step and isinstance(saved, dict):   # resumed from a checkpoint
+            a = saved.get("attributes", {})
+            self.best_loss = math.inf if a.get("best_loss") is None else float(a["best_loss"])
+            self.best_step, self.bad = a.get("best_step"), int(a.get("bad", 0))
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")

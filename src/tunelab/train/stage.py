@@ -6,7 +6,7 @@ import logging
 import os
 import random
 import shutil
-import time
+import signal
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -14,12 +14,13 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from tunelab.config import Config
-from tunelab.core.rundir import RunDir
+from tunelab.core.errors import Interrupted
+from tunelab.core.rundir import RunDir, remove_tree
 from tunelab.data import Prepared, load_prepared
 from tunelab.methods import apply_method, describe_trainable, method_callbacks, param_groups
 from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
 from tunelab.tasks import TASKS
-from tunelab.train import tracking
+from tunelab.train import checkpoints, tracking
 from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
 from tunelab.train.render import Renderer, check_batch
 from tunelab.train.trainer import TunelabTrainer
@@ -47,7 +48,9 @@ def training_args(cfg: Config, rd: RunDir, prec: Precision) -> TrainingArguments
         num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         warmup_steps=t.warmup_ratio, lr_scheduler_type=t.scheduler, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, logging_steps=t.log_every, logging_first_step=True,
-        eval_strategy="steps", eval_steps=t.eval_every, save_strategy="no",
+        eval_strategy="steps", eval_steps=t.eval_every,
+        # Resumable checkpoints; CheckpointMarker rotates them (save_total_limit stays off, see checkpoints.py).
+        save_strategy="steps" if t.save_every else "no", save_steps=t.save_every or 500, save_total_limit=None,
         bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
         seed=t.seed, data_seed=t.seed, dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=False, **tracking.configure(t.report_to, rd, cfg.name),
@@ -61,18 +64,28 @@ class TrainResult:
 
 
 def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=None,
-        callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+        callbacks: Sequence[TrainerCallback] = (), resume: bool = False) -> TrainResult:
     """Fine-tune on the run's prepared data; write `best/`, `last/`, `metrics.jsonl`, `trainable.json`
     and the `train` section of metrics.json. Everything evaluated or exported from an earlier model in
     this folder is removed first. `callbacks` are added to the Trainer's (e.g. a tuning study's pruner).
+    Resumable checkpoints go to `checkpoints/` every `train.save_every` steps and on SIGTERM/SIGINT; they
+    are removed once training completes (`best/` and `last/` hold what it produced).
+
+    Args:
+        resume: continue from the newest complete checkpoint (from step 0 when there is none).
 
     Raises:
         RenderError: examples with nothing supervised, or an unsupervised end-of-turn token.
         TrainingStopped: a divergence guard fired (the message lists likely causes).
+        ResumeError: the checkpoint was saved with another training config or other data.
+        Interrupted: SIGTERM/SIGINT stopped training after saving a resumable checkpoint.
     """
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     prepared = prepared if prepared is not None else load_prepared(rd.data)
-    with rd.stage("train"):
+    point = checkpoints.resume_point(cfg, rd, prepared.manifest.get("fingerprint")) if resume else None
+    with rd.stage("train", fresh=point is None) as entry:
+        if point is not None:
+            entry["resumed_from"] = point.folder.name
         prec = choose_precision(cfg.train)
         torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
         set_seed(cfg.train.seed)
@@ -82,9 +95,28 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         val_ex = validation_subset(cfg, val_ex)
         model, about = build_model(cfg, rd, prepared)
         trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks)
-        start = time.time()
-        out = trainer.train()
-        return finish(cfg, rd, trainer, best, out, time.time() - start, prec, about, enc_stats)
+        trainer.add_callback(stop := checkpoints.StopOnSignal())
+        _mark_checkpoints(cfg, rd, trainer, best, prepared)   # last callback: after everything else saved
+        if point is not None:
+            trainer.restore_counters(point.marker["counters"])
+        with stop.installed():
+            trainer.train(resume_from_checkpoint=str(point.folder) if point else None)
+        if stop.received is not None:
+            raise Interrupted(f"training stopped by {signal.Signals(stop.received).name} at step "
+                              f"{trainer.state.global_step}; a resumable checkpoint is in {rd.checkpoints}. "
+                              f"Continue with `tunelab train {rd.path} --resume` (or `tunelab run ... --resume`)",
+                              stop.received)
+        result = finish(cfg, rd, trainer, best, prec, about, enc_stats)
+        remove_tree(rd.checkpoints)   # the run is whole: best/ and last/ hold what training produced
+        return result
+
+
+def _mark_checkpoints(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint,
+                      prepared: Prepared) -> None:
+    about = {"config": checkpoints.config_hash(cfg), "data": prepared.manifest.get("fingerprint")}
+    trainer.add_callback(checkpoints.CheckpointMarker(rd, cfg.train.keep_checkpoints,
+                                                      lambda: {**about, "counters": trainer.counters()},
+                                                      lambda: best.best_step))
 
 
 def validation_subset(cfg: Config, val_ex: list[dict]) -> list[dict]:
@@ -134,22 +166,22 @@ def build_trainer(cfg: Config, rd: RunDir, model, tokenizer, renderer: Renderer,
     return trainer, best
 
 
-def finish(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint, out, wall: float,
-           prec: Precision, about: dict, enc_stats: dict) -> TrainResult:
+def finish(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint, prec: Precision,
+           about: dict, enc_stats: dict) -> TrainResult:
     """Judge the final weights, write `last/` (and `best/` if no validation ran), record the `train` metrics."""
+    wall = trainer.wall_seconds()
     evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     if not evaluated or evaluated[-1] != trainer.state.global_step:
         trainer.evaluate()   # judge the final weights too, so best/ is the best of every state reached
     save_model(trainer.model, trainer.processing_class, rd.last, step=trainer.state.global_step)
     if not rd.best.exists():
         shutil.copytree(rd.last, rd.best)
-    shutil.rmtree(rd.checkpoints, ignore_errors=True)
     stats = {
         "tokens_per_second": round(trainer.tokens_seen / wall, 1),
         "supervised_tokens_per_second": round(trainer.supervised_seen / wall, 1),
         "wall_seconds": round(wall, 1), "steps": trainer.state.global_step,
         "best_step": best.best_step, "best_eval_loss": None if best.best_step is None else round(best.best_loss, 5),
-        "train_loss": round(out.training_loss, 5), "examples": len(trainer.train_dataset),
+        "train_loss": round(trainer.run_loss(), 5), "examples": len(trainer.train_dataset),
         "tokens": trainer.tokens_seen, "precision": prec.reason, "trainable_params": about["trainable"],
         "total_params": about["total"], **enc_stats,
     }

@@ -8,7 +8,9 @@ Subclassed for four measured needs, each said where it lives:
   gradient accumulation were mis-scaled);
 - `training_step`: the divergence guards need every micro-batch's loss, not only logged ones;
 - `evaluate`: validation loss weighted by supervised tokens (the stock loop averages per-batch means,
-  which over-weights short batches), without gathering logits.
+  which over-weights short batches), without gathering logits;
+- `counters` / `restore_counters` / `log`: a resumed run reports whole-run figures (tokens seen, mean
+  training loss, wall time); the stock Trainer restarts those sums at the resumed step.
 Everything else (optimizer, schedule, accumulation, precision, progress bar with ETA) is the Trainer's.
 """
 
@@ -56,6 +58,36 @@ class TunelabTrainer(Trainer):
         self._zero_run = 0
         self.tokens_seen = 0        # non-padding tokens trained on
         self.supervised_seen = 0    # of which carry a label
+        self.earlier = {"loss_sum": 0.0, "wall_seconds": 0.0}   # from before a resume
+        self._started = time.time()
+
+    def train(self, *args, **kwargs):
+        self._started = time.time()
+        return super().train(*args, **kwargs)
+
+    def counters(self) -> dict:
+        """What a checkpoint records beyond the Trainer's state: sums the stock Trainer restarts on resume."""
+        return {"tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
+                "loss_sum": self.earlier["loss_sum"] + self._total_loss_scalar + float(self._tr_loss),
+                "wall_seconds": self.wall_seconds()}
+
+    def restore_counters(self, counters: dict) -> None:
+        """Continue the sums of a checkpoint's `counters()` (call before `train(resume_from_checkpoint=...)`)."""
+        self.tokens_seen, self.supervised_seen = counters["tokens_seen"], counters["supervised_seen"]
+        self.earlier = {"loss_sum": counters["loss_sum"], "wall_seconds": counters["wall_seconds"], "resumed": True}
+
+    def wall_seconds(self) -> float:
+        """Training time of the whole run, across resumes."""
+        return self.earlier["wall_seconds"] + time.time() - self._started
+
+    def run_loss(self) -> float:
+        """Mean training loss over every step of the run, across resumes (after `train()`)."""
+        return (self.earlier["loss_sum"] + self._total_loss_scalar) / max(self.state.global_step, 1)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "train_loss" in logs and self.earlier.get("resumed"):
+            logs = {**logs, "train_loss": self.run_loss()}   # the stock value covers only the resumed steps
+        super().log(logs, start_time)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches = []

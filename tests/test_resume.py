@@ -1,0 +1,153 @@
+"""Resume after a crash: 20 uninterrupted steps equal 10 steps + kill -9 + `--resume` (tiny Llama, fp32, CPU).
+
+The killed run is a real process that SIGKILLs itself while the Trainer saves checkpoint-15 (after
+the Trainer wrote its files, before tunelab's completion marker), so checkpoint-15 is a genuine
+half-written checkpoint; a second one whose marker lists a file that was later cut short is injected.
+Both must be skipped, training must continue from checkpoint-10, and the finished run must equal the
+uninterrupted one: weights, every logged loss and learning rate, the early-stopping state, no
+duplicated or missing log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from test_pipeline import write_data
+from tiny import tiny_llama
+from tunelab.cli import app
+from tunelab.config import load_config
+from tunelab.core.rundir import RunDir
+from tunelab.pipeline import train_only
+
+STEPS = 20
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    write_data(root)
+    model = tiny_llama(root / "tiny-llama")
+    # min_delta: only the first validation counts as an improvement, so the early-stopping counter is 1
+    # at checkpoint-10 and reaches patience (3) exactly at step 20 only when it is restored on resume.
+    cfg = {"name": "ref", "runs_dir": str(root / "runs"),
+           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
+                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
+           "model": {"name": str(model)},
+           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+           "train": {"lr": 5e-3, "max_steps": STEPS, "batch_size": 4, "eval_every": 5, "log_every": 1,
+                     "save_every": 5, "keep_checkpoints": 3, "patience": 3, "min_delta": 10.0,
+                     "precision": "fp32", "threads": 1}}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from tunelab.config import load_config
+    from tunelab.core.rundir import RunDir
+    from tunelab.data import stage as prepare_stage
+    from tunelab.models import load_tokenizer
+    from tunelab.train import stage as train_stage
+
+    class KillWhileSaving(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == 15:   # the Trainer wrote checkpoint-15; tunelab's marker comes after us
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = load_config(sys.argv[1], ["name=killed"])
+    rd = RunDir.create(cfg)
+    tok = load_tokenizer(cfg.model)
+    train_stage.run(cfg, rd, prepare_stage.run(cfg, rd, tok), tok, callbacks=[KillWhileSaving()])
+""")
+
+
+def losses(rd: RunDir) -> dict[int, dict]:
+    """Per step: the logged training loss, learning rate and gradient norm (each step once)."""
+    rows = [r for r in rd.read_log() if "loss" in r]
+    steps = [r["step"] for r in rows]
+    assert len(steps) == len(set(steps)), f"duplicated log lines for steps {steps}"
+    return {r["step"]: {k: r[k] for k in ("loss", "learning_rate", "grad_norm")} for r in rows}
+
+
+def test_kill_and_resume_equals_uninterrupted(project):
+    ref = train_only(load_config(project / "cfg.yaml"))
+
+    env = {**os.environ, "TUNELAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", KILLED_RUN, str(project / "cfg.yaml")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    killed = RunDir(project / "runs" / "killed")
+    assert killed.state() == "interrupted"
+    assert [s for s, _ in killed.checkpoint_folders()] == [5, 10, 15]
+    assert killed.checkpoint_marker(killed.checkpoint_path(15)) is None      # killed before its marker
+    assert max(r["step"] for r in killed.read_log()) == 15                   # steps 11-15 are logged ...
+    # ... and a checkpoint whose marker lists a file that was cut short afterwards:
+    fake = killed.checkpoint_path(18)
+    shutil.copytree(killed.checkpoint_path(10), fake)
+    (fake / "optimizer.pt").write_bytes((fake / "optimizer.pt").read_bytes()[:100])
+    for verb in ("eval", "export"):
+        refused = CliRunner().invoke(app, [verb, str(killed.path)])
+        assert refused.exit_code == 2 and "interrupted" in refused.output, refused.output
+
+    result = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=killed", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "skipping checkpoint-18: incomplete" in result.output
+    assert "skipping checkpoint-15: incomplete" in result.output
+    assert "resuming from checkpoint-10 (step 10)" in result.output
+    assert killed.state() == "complete"
+    assert killed.status()["stages"]["train"]["resumed_from"] == "checkpoint-10"
+    assert not killed.checkpoints.exists()
+
+    a, b = load_file(ref.last / "adapter_model.safetensors"), load_file(killed.last / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_file(ref.best / "adapter_model.safetensors"), load_file(killed.best / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ref_log, res_log = losses(ref), losses(killed)
+    assert sorted(res_log) == list(range(1, STEPS + 1))
+    assert {s: res_log[s] for s in range(11, STEPS + 1)} == {s: ref_log[s] for s in range(11, STEPS + 1)}
+    evals = lambda rd: [(r["step"], r["eval_loss"]) for r in rd.read_log() if "eval_loss" in r]  # noqa: E731
+    assert evals(killed) == evals(ref) and [s for s, _ in evals(ref)] == [5, 10, 15, 20]
+    tr_ref, tr_res = ref.metrics()["train"], killed.metrics()["train"]
+    for key in ("steps", "best_step", "best_eval_loss", "train_loss", "tokens"):
+        assert tr_res[key] == tr_ref[key], key
+    assert tr_ref["best_step"] == 5   # min_delta: the restored early-stopping state kept step 5 as best
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project):
+    script = KILLED_RUN.replace("os.kill(os.getpid(), signal.SIGKILL)", "os.kill(os.getpid(), signal.SIGTERM)") \
+        .replace("state.global_step == 15", "state.global_step == 5").replace("name=killed", "name=term")
+    script = script.replace("train_stage.run(cfg, rd, prepare_stage.run(cfg, rd, tok), tok, callbacks=[KillWhileSaving()])",
+                            "import typer\nfrom tunelab.cli import _guard\ntry:\n"
+                            "    _guard(train_stage.run, cfg, rd, prepare_stage.run(cfg, rd, tok), tok, "
+                            "callbacks=[KillWhileSaving()])\n"
+                            "except typer.Exit as e:\n    sys.exit(e.exit_code)")
+    env = {**os.environ, "TUNELAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(project / "cfg.yaml")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    assert "SIGTERM received: saving a resumable checkpoint" in done.stdout + done.stderr
+    assert "interrupted: training stopped by SIGTERM at step 6" in done.stderr
+    rd = RunDir(project / "runs" / "term")
+    assert rd.state() == "interrupted" and rd.stage_state("train") == "interrupted"
+    assert rd.checkpoint_marker(rd.checkpoint_path(6))["step"] == 6   # saved at the end of the next step
+
+    changed = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=term", "train.lr=1e-3", "--resume"])
+    assert changed.exit_code == 2
+    assert "the training config changed since it was started:\n  - train.lr changed (0.005 -> 0.001)" in changed.output
+    fine = CliRunner().invoke(app, ["train", str(rd.path), "--resume", "train.threads=2"])   # may change
+    assert fine.exit_code == 0, fine.output
+    assert "resuming from checkpoint-6 (step 6)" in fine.output and rd.state() == "complete"
+    assert sorted(losses(rd)) == list(range(1, STEPS + 1))
