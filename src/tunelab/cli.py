@@ -123,7 +123,9 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     """Check a config and its data (every problem listed) without training."""
     import tempfile
 
+    from tunelab.core.rundir import DataDir, RunDir
     from tunelab.data import prepare as prep
+    from tunelab.data.stage import dropped_summary
     from tunelab.models import load_tokenizer
     from tunelab.train.render import Renderer
     from tunelab.train.stage import encode
@@ -135,8 +137,14 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
         with tempfile.TemporaryDirectory() as tmp:
             prepared = prep(cfg, Path(tmp), tok)
             encode(cfg, Renderer(tok, cfg), prepared)
+            dropped = DataDir(Path(tmp)).dropped()
         sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())
-        typer.secho(f"config and data OK: {sizes}", fg=typer.colors.GREEN)
+        typer.secho(f"config and data OK: {sizes}; {dropped_summary(prepared.manifest)}", fg=typer.colors.GREEN)
+        for row in dropped[:10]:
+            typer.echo(f"  dropped {row['id']} ({row['split']}): {row['reason']}")
+        if dropped:
+            typer.echo(f"  {'... ' if len(dropped) > 10 else ''}`tunelab prepare` writes the full list to "
+                       f"{RunDir.for_config(cfg).data.dropped_path}")
     _guard(go)
 
 

@@ -139,6 +139,10 @@ class DataDir:
     def manifest(self) -> dict:
         return read_json(self.manifest_path)
 
+    def dropped(self) -> list[dict]:
+        """The rows prepare dropped, each with its split, reason, id (file:line) and text."""
+        return read_jsonl(self.dropped_path)
+
     def splits(self) -> dict[str, list[dict]]:
         return {s: read_jsonl(self.split_path(s)) for s in SPLITS}
 
@@ -255,7 +259,11 @@ class RunDir:
                 raise RunDirError(f"{rd.path} exists and is not a tunelab run folder; choose another name= or runs_dir=")
             elif rd.done_beyond("prepare") and not (stage == "prepare" and rd.same_config(cfg)):
                 raise RunDirError(rd.occupied_message())
-        rd.path.mkdir(parents=True, exist_ok=True)
+        try:
+            rd.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create the run folder {rd.path}: {e.strerror or e}") from None
+        check_writable(rd.path)
         rd.write_config(cfg)
         return rd
 

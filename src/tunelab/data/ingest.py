@@ -8,19 +8,27 @@ import glob
 import hashlib
 import io
 import json
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Iterator
 
+from tunelab.data.encoding import decode_file
 from tunelab.data.html import html_to_text
 from tunelab.data.problems import Problems
 
 TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 DOC_FORMATS = ("txt", "md", "html", "pdf", "docx")
 # Problems confined to one row: `data.errors: skip` drops such rows (counted) instead of stopping.
-ROW_PROBLEMS = ("malformed_json", "non_utf8", "malformed_row", "not_an_object")
+ROW_PROBLEMS = ("malformed_json", "non_utf8", "malformed_row", "not_an_object", "duplicate_key")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".parquet": "parquet", ".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html",
                ".htm": "html", ".pdf": "pdf", ".docx": "docx"}
+_SUPPORTED = sorted(set(_EXTENSIONS.values()))
+# Python's csv module refuses fields over 131,072 characters by default; a long document in one cell
+# is legitimate (it is truncated at tokenization, and counted), so allow fields up to 64 MiB.
+FIELD_LIMIT = 64 << 20
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Ingested:
     files: list[dict] = field(default_factory=list)     # {"path", "sha256", "format", "rows"}
     skipped: list[tuple[Row, str]] = field(default_factory=list)  # (row, reason) with errors=skip
     read: int = 0                                       # rows read, including skipped ones
+    encodings: dict[str, str] = field(default_factory=dict)  # files not read in the configured encoding
 
     @property
     def columns(self) -> list[str]:
@@ -88,13 +97,14 @@ def ingest(spec: str, base: Path, fmt: str = "auto", encoding: str = "utf-8",
     out = Ingested()
     paths = expand(spec, base)
     if not paths:
-        problems.add("file_not_found", spec, expected="an existing file, folder or glob",
-                     found="nothing", hint=f"relative paths resolve against {base}")
+        kind, found = _nothing(spec, base)
+        problems.add(kind, spec, expected="an existing file, folder or glob", found=found,
+                     hint=f"relative paths resolve against {base}; supported: {', '.join(_SUPPORTED)}")
     for path in paths:
         name = _display(path, base)
         kind = fmt if fmt != "auto" else _EXTENSIONS.get(path.suffix.lower())
         if kind is None:
-            problems.add("unsupported_format", name, expected=f"one of {', '.join(sorted(set(_EXTENSIONS.values())))}",
+            problems.add("unsupported_format", name, expected=f"one of {', '.join(_SUPPORTED)}",
                          found=path.suffix or "no extension", hint="set data.format")
             continue
         before = len(out.rows) + len(out.skipped)
@@ -105,9 +115,24 @@ def ingest(spec: str, base: Path, fmt: str = "auto", encoding: str = "utf-8",
             rowlevel = p.kind in ROW_PROBLEMS
             problems.items.append(replace(p, severity="warning") if skip_bad_rows and rowlevel else p)
         out.files.append({"path": name, "sha256": sha256_file(path), "format": kind,
-                          "rows": len(out.rows) + len(out.skipped) - before})
+                          "rows": len(out.rows) + len(out.skipped) - before,
+                          **({"encoding": out.encodings[name]} if name in out.encodings else {})})
     out.read = len(out.rows) + len(out.skipped)
     return out
+
+
+def _nothing(spec: str, base: Path) -> tuple[str, str]:
+    """The problem kind and what a spec that yields no input file names (an empty folder, a pattern
+    matching nothing, a missing path)."""
+    p = Path(spec).expanduser()
+    p = p if p.is_absolute() else base / p
+    if any(c in spec for c in "*?["):
+        return "file_not_found", "no file matching the pattern"
+    if p.is_dir():
+        others = sorted(x.name for x in p.rglob("*") if x.is_file())
+        listing = f" ({len(others)} other file(s): {', '.join(others[:5])}{', ...' if len(others) > 5 else ''})" if others else ""
+        return "no_supported_files", f"a folder without supported files{listing}"
+    return "file_not_found", "no such file or folder"
 
 
 def _display(path: Path, base: Path) -> str:
@@ -120,57 +145,37 @@ def _display(path: Path, base: Path) -> str:
 # ---------------------------------------------------------------- decoding
 
 
-def _decode(path: Path, name: str, problems: Problems, encoding: str) -> tuple[str, set[int]] | None:
-    """File text and the 1-based lines holding undecodable bytes; None (with a problem) when empty."""
-    raw = path.read_bytes()
-    if not raw.strip():
-        problems.add("empty_file", name, expected="at least one record", found=f"{len(raw)} bytes")
+def _decode(path: Path, name: str, out: Ingested, problems: Problems, encoding: str) -> tuple[str, set[int]] | None:
+    """File text and the 1-based lines holding undecodable bytes; None (with a problem) when it cannot be read.
+    A file read in another encoding than the configured one (a byte-order mark said so) is noted in `out`."""
+    decoded = decode_file(path.read_bytes(), name, encoding, problems)
+    if decoded is None:
         return None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 BOM would otherwise glue itself onto the first column name
-    try:
-        return raw.decode(encoding), set()
-    except UnicodeDecodeError:
-        pass
-    bad: set[int] = set()
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        try:
-            line.decode(encoding)
-        except UnicodeDecodeError as e:
-            bad.add(i)
-            byte = line[e.start:e.start + 1].hex()
-            problems.add("non_utf8", name, i, expected=f"{encoding} text",
-                         found=f"byte 0x{byte} at column {e.start + 1} ({_guess(line)})",
-                         hint="re-save the file as UTF-8 or set data.encoding (e.g. latin-1, cp1252)")
-    return raw.decode(encoding, errors="replace"), bad
-
-
-def _guess(line: bytes) -> str:
-    for enc in ("cp1252", "latin-1"):
-        try:
-            return f"reads as {enc}: {line.decode(enc).strip()[:40]!r}"
-        except UnicodeDecodeError:
-            continue
-    return "unknown encoding"
+    if decoded.why != "data.encoding":
+        out.encodings[name] = f"{decoded.encoding} ({decoded.why})"
+    return decoded.text, decoded.bad_lines
 
 
 # ---------------------------------------------------------------- table readers
 
 
 def _read_delimited(path, name, out, problems, encoding, kind):
-    decoded = _decode(path, name, problems, encoding)
+    decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
     text, bad = decoded
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
     header, start = None, 1
-    for row in reader:
+    for row in _csv_rows(reader, name, problems):
         end = reader.line_num
         line, start = start, end + 1
         if not row or all(not c.strip() for c in row):
             continue
         if header is None:
             header = [h.strip() for h in row]
+            if _duplicate_columns(header, name, problems):
+                return
             continue
         rec = Row(dict(zip(header, row)), name, line)
         if any(line <= b <= end for b in bad):
@@ -187,11 +192,39 @@ def _read_delimited(path, name, out, problems, encoding, kind):
         problems.add("empty_file", name, expected="at least one record after the header", found="only a header")
 
 
+def _csv_rows(reader, name: str, problems: Problems):
+    """The reader's rows; a row the csv module cannot parse ends the file with a located problem."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            problems.add("malformed_csv", name, reader.line_num, expected="a well-formed CSV row", found=str(e),
+                         hint="check the quoting of this line (an unclosed quote swallows the lines after it)")
+            return
+
+
+def _duplicate_columns(header: list[str], name: str, problems: Problems) -> bool:
+    """Record a problem for each column name the header repeats (the later column would silently win)."""
+    seen: dict[str, list[int]] = {}
+    for i, h in enumerate(header, start=1):
+        seen.setdefault(h, []).append(i)
+    for h, cols in seen.items():
+        if len(cols) > 1:
+            problems.add("duplicate_column", name, 1, h, expected="each column name once",
+                         found=f"'{h}' as columns {', '.join(map(str, cols))} of {len(header)}",
+                         hint="rename one of them: a record keeps one value per name, so the others would be lost")
+    return any(len(c) > 1 for c in seen.values())
+
+
 def _read_jsonl(path, name, out, problems, encoding, kind):
-    decoded = _decode(path, name, problems, encoding)
+    decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
     text, bad = decoded
+    if _json_array(text, name, problems):
+        return
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
@@ -199,7 +232,7 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
             out.skipped.append((Row({"raw": line}, name, i), "non_utf8"))
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_Object.of)
         except json.JSONDecodeError as e:
             problems.add("malformed_json", name, i, expected="one JSON object per line",
                          found=f"{e.msg} at column {e.colno}: {line.strip()[:60]!r}")
@@ -209,22 +242,77 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
             problems.add("not_an_object", name, i, expected="a JSON object", found=type(obj).__name__)
             out.skipped.append((Row({"raw": line}, name, i), "not_an_object"))
             continue
-        out.rows.append(Row(obj, name, i))
+        if _duplicate_keys(obj, name, i, None, problems):
+            out.skipped.append((Row(dict(obj), name, i), "duplicate_key"))
+            continue
+        out.rows.append(Row(dict(obj), name, i))
+
+
+class _Object(dict):
+    """A parsed JSON object that remembers the keys it had twice (json keeps the last value silently),
+    its nested objects' included as dotted paths."""
+
+    duplicates: tuple[str, ...] = ()
+    own: tuple[str, ...] = ()    # keys this object itself repeats
+
+    @classmethod
+    def of(cls, pairs: list[tuple[str, object]]) -> "_Object":
+        obj, dups = cls(), []
+        for key, value in pairs:
+            if key in obj:
+                dups.append(key)
+            obj[key] = value
+        obj.own = tuple(dups)
+        for key, value in obj.items():
+            inner = [(key, value)] if isinstance(value, dict) else \
+                [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else []
+            dups += [f"{path}.{d}" for path, v in inner for d in getattr(v, "duplicates", ())]
+        obj.duplicates = tuple(dups)
+        return obj
+
+
+def _duplicate_keys(obj, name: str, line: int | None, at: str | None, problems: Problems) -> bool:
+    """Record a problem for a JSON object that has a key twice; True when it has."""
+    dups = getattr(obj, "duplicates", ())
+    if dups:
+        problems.add("duplicate_key", name, line, at or dups[0], expected="each key once per object",
+                     found=f"{', '.join(repr(d) for d in dups)} twice (the later value would silently replace the earlier)",
+                     hint="remove or rename the repeated key")
+    return bool(dups)
+
+
+def _json_array(text: str, name: str, problems: Problems) -> bool:
+    """A JSON Lines file holding one JSON array instead: one problem with a hint, not one per line."""
+    if not text.lstrip().startswith("["):
+        return False
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    if not isinstance(doc, list):
+        return False
+    problems.add("json_array_in_jsonl", name, 1, expected="JSON Lines: one JSON object per line",
+                 found=f"one JSON array of {len(doc)} element(s) spanning {text.count(chr(10)) + 1} lines",
+                 hint="rename the file to .json or set data.format: json")
+    return True
 
 
 def _read_json(path, name, out, problems, encoding, kind):
-    decoded = _decode(path, name, problems, encoding)
+    decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
     text = decoded[0]
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_Object.of)
     except json.JSONDecodeError as e:
         problems.add("malformed_json", name, e.lineno, expected="a JSON array of objects or records",
                      found=f"{e.msg} at column {e.colno}")
         return
     if isinstance(doc, dict) and all(isinstance(v, list) for v in doc.values()) and doc:
         lists = list(doc.values())
+        if doc.own:
+            _duplicate_keys(doc, name, 1, None, problems)
+            return
         if len(lists) == 1 and all(isinstance(x, dict) for x in lists[0]):
             doc = lists[0]  # {"data": [{...}, ...]}
         else:  # column-oriented {"text": [...], "label": [...]}: no line per record, so number them
@@ -236,8 +324,10 @@ def _read_json(path, name, out, problems, encoding, kind):
     lines = _element_lines(text)
     for i, obj in enumerate(doc):
         line = lines[i] if i < len(lines) else None
-        if isinstance(obj, dict):
-            out.rows.append(Row(obj, name, line))
+        if isinstance(obj, dict) and _duplicate_keys(obj, name, line, None, problems):
+            out.skipped.append((Row(dict(obj), name, line), "duplicate_key"))
+        elif isinstance(obj, dict):
+            out.rows.append(Row(dict(obj), name, line))
         else:
             problems.add("not_an_object", name, line, field=f"[{i}]", expected="a JSON object",
                          found=type(obj).__name__)
@@ -280,7 +370,7 @@ def _read_parquet(path, name, out, problems, encoding, kind):
 
 
 def _read_text_doc(path, name, out, problems, encoding, kind):
-    decoded = _decode(path, name, problems, encoding)
+    decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
     text = decoded[0]
@@ -293,16 +383,50 @@ def _read_pdf(path, name, out, problems, encoding, kind):
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    pages, damaged = [], []
     try:
-        pages = [p.extract_text() or "" for p in PdfReader(path).pages]
+        with _pypdf_errors() as errors:
+            for i, page in enumerate(PdfReader(path).pages, start=1):
+                seen = len(errors)
+                pages.append(page.extract_text() or "")
+                if len(errors) > seen and not pages[-1].strip():   # pypdf logs an undecodable stream, returns ''
+                    damaged.append((i, errors[seen]))
     except (PyPdfError, OSError, ValueError) as e:
         problems.add("unreadable_file", name, expected="a readable PDF", found=str(e)[:120])
         return
     if not any(p.strip() for p in pages):
-        problems.add("empty_file", name, expected="extractable text", found=f"{len(pages)} page(s) without text",
-                     hint="scanned PDFs need OCR first")
+        if damaged:
+            problems.add("damaged_pdf", name, expected="a PDF whose pages can be decoded",
+                         found=f"{len(damaged)} of {len(pages)} page(s) with a damaged content stream "
+                               f"(page {damaged[0][0]}: {damaged[0][1][:100]})",
+                         hint="the file is corrupt: export or download it again")
+        else:
+            problems.add("empty_file", name, expected="extractable text", found=f"{len(pages)} page(s) without text",
+                         hint="scanned PDFs need OCR first")
         return
+    for i, why in damaged:
+        problems.add("damaged_pdf_page", name, None, f"page {i}", expected="a decodable content stream",
+                     found=why[:120], severity="warning", hint="the page's text is missing; it is dropped as empty")
     out.rows.extend(Row({"text": t}, name, None, i) for i, t in enumerate(pages, start=1))
+
+
+@contextmanager
+def _pypdf_errors() -> Iterator[list[str]]:
+    """Collect what pypdf logs at warning level or above while reading (it logs damaged streams, not raises)."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    logger, handler = logging.getLogger("pypdf"), _Collect(logging.WARNING)
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _read_docx(path, name, out, problems, encoding, kind):

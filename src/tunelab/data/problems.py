@@ -57,17 +57,19 @@ class Problems:
         """Problem counts by kind, most frequent first."""
         return dict(Counter(p.kind for p in self.items).most_common())
 
-    def raise_if_errors(self, header: str = "the data has problems") -> None:
+    def raise_if_errors(self, header: str = "the data has problems", accounting: dict | None = None) -> None:
         """Raise a DataError listing every error-level problem, if there is any."""
         if self.errors:
-            raise DataError(self.errors, header)
+            raise DataError(self.errors, header, accounting)
 
 
 class DataError(UserError, ValueError):
-    """Data that cannot be prepared; the message lists every problem (file, line, field) and totals."""
+    """Data that cannot be prepared; the message lists every problem (file, line, field) and totals.
+    `accounting` is, per split, what was read, kept and dropped by reason up to the refusal."""
 
-    def __init__(self, problems: list[Problem], header: str = "the data has problems"):
+    def __init__(self, problems: list[Problem], header: str = "the data has problems", accounting: dict | None = None):
         self.problems = list(problems)
+        self.accounting = accounting or {}
         super().__init__(format_problems(self.problems, header))
 
 

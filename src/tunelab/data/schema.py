@@ -131,6 +131,19 @@ def _as_text(value) -> str:
     return str(value)
 
 
+def _text(value, row: Row, field: str, problems: Problems) -> str:
+    """A field's value as text; a value that is not a string (7, true, {"x": 1}) is converted, and the
+    conversion reported as a warning, so that it is counted and listed rather than silent."""
+    if value is not None and not isinstance(value, str):
+        kind = "object" if isinstance(value, dict) else "list" if isinstance(value, list) else type(value).__name__
+        text = _as_text(value)
+        problems.add("converted_value", row.file, row.line, field, expected="a string",
+                     found=f"{kind} {text[:40]!r}", severity="warning",
+                     hint="converted to its text" + (" (JSON)" if kind in ("object", "list") else ""))
+        return text
+    return _as_text(value)
+
+
 def make_record(row: Row, d: Decision, group_by: str | None, problems: Problems) -> Record | None:
     """The internal record for one row, or None after recording why it cannot be one."""
     rec = new_record(row.id, row.file, row.line, row.page)
@@ -154,10 +167,10 @@ def make_record(row: Row, d: Decision, group_by: str | None, problems: Problems)
                      found=f"fields {list(f)}", hint=did_you_mean(missing[0], list(f)))
         return None
     if d.schema == "text":
-        rec["text"] = "\n".join(_as_text(f[c]) for c in d.input_columns)
+        rec["text"] = "\n".join(_text(f[c], row, c, problems) for c in d.input_columns)
         return rec
-    rec["input"] = {c: _as_text(f[c]) for c in d.input_columns}
-    rec["output"] = _as_text(f[d.output_column]) if d.output_column else None
+    rec["input"] = {c: _text(f[c], row, c, problems) for c in d.input_columns}
+    rec["output"] = _text(f[d.output_column], row, d.output_column, problems) if d.output_column else None
     return rec
 
 
@@ -193,5 +206,5 @@ def _turns(row: Row, d: Decision, problems: Problems) -> list[dict] | None:
             problems.add("unknown_role", row.file, row.line, f"{path}.{d.role_key}",
                          expected=f"one of {sorted(set(ROLE_ALIASES))}", found=repr(t[d.role_key]))
             return None
-        out.append({"role": role, "content": _as_text(t[d.content_key])})
+        out.append({"role": role, "content": _text(t[d.content_key], row, f"{path}.{d.content_key}", problems)})
     return out

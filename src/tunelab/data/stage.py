@@ -82,10 +82,18 @@ def prepare(cfg: Config, data: DataDir | Path, tokenizer=None) -> Prepared:
     dropped = manifest.pop("dropped_rows")
     data.write(splits, manifest, dropped, render_report(manifest))
     kept = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
-    dropped_total = sum(sum(a["dropped"].values()) for a in manifest["accounting"].values())
-    log.info(f"prepared {kept} -> {data.path}; {dropped_total} row(s) dropped, each with its reason, "
-             f"in {data.dropped_path}")
+    log.info(f"prepared {kept} -> {data.path}; {dropped_summary(manifest)}, each with its file, line and "
+             f"reason, in {data.dropped_path}")
     return Prepared(splits, manifest["labels"], manifest, False)
+
+
+def dropped_summary(manifest: dict) -> str:
+    """`12 row(s) dropped (10 exact_duplicate, 2 empty_text)` from a manifest's accounting."""
+    reasons: Counter = Counter()
+    for a in manifest.get("accounting", {}).values():
+        reasons.update(a["dropped"])
+    detail = f" ({', '.join(f'{n} {why}' for why, n in reasons.most_common())})" if reasons else ""
+    return f"{sum(reasons.values())} row(s) dropped{detail}"
 
 
 def load_prepared(data: DataDir, reused: bool = True) -> Prepared:
@@ -125,10 +133,11 @@ def _build(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict]:
         problems.add("unknown_clean_op", "config", None, "data.clean", expected=f"one of {', '.join(clean.OPS)}",
                      found=repr(op))
     recs, decision, files = _read(cfg, problems, ledger)
+    _report_conversions(problems)
     step("read")
     if decision is None and not problems.errors:
         problems.add("no_records", d.train, expected="at least one readable record", found="none")
-    problems.raise_if_errors("cannot prepare the data")
+    problems.raise_if_errors("cannot prepare the data", ledger.summary(recs))
     ops_report = _clean(cfg, recs, decision, problems, ledger)
     step("clean")
     # Different completions for one prompt are normal in open-ended SFT; only labels can conflict.
@@ -147,15 +156,21 @@ def _build(cfg: Config, tokenizer) -> tuple[dict[str, list[dict]], dict]:
     if mixed:
         log.info(f"near-duplicates with different outputs: {len(mixed)} cluster(s) in train")
     labels = _closed_labels(recs["train"], cfg.eval.max_labels)
+    if labels is None and cfg.eval.constrained != "off":
+        validate.rare_labels(recs["train"], cfg.eval.max_labels, problems)
     log.info(f"labels: {len(labels)} classes (closed set)" if labels else "labels: open-ended outputs (no closed label set)")
-    _carve(cfg, recs, labels is not None, ledger)
+    carved = _carve(cfg, recs, labels is not None, ledger)
     leaks += _leakage(cfg, recs, [s for s in ("validation", "test") if s not in supplied], ledger)
     step("split")
     validate.check_labels(recs, labels, problems)
     if not recs["train"]:
-        dropped = ", ".join(f"{n} {why}" for why, n in ledger.dropped["train"].items()) or "nothing read"
-        problems.add("no_training_data", d.train, expected="at least one training example", found=f"none left ({dropped})")
-    problems.raise_if_errors("cannot prepare the data")
+        problems.add("no_training_data", d.train, expected="at least one training example",
+                     found=f"none left ({_dropped(ledger, 'train') or 'nothing read'})")
+    else:
+        validate.check_sizes(recs, labels, {s: getattr(d, s) or d.train for s in SPLITS},
+                             {s: carved.get(s) or f"none left of {ledger.read[s]} read ({_dropped(ledger, s) or 'no rows'})"
+                              for s in SPLITS}, problems)
+    problems.raise_if_errors("cannot prepare the data", ledger.summary(recs))
     _limit(cfg, recs, labels, ledger)
     accounting = ledger.summary(recs)
     if TASKS[cfg.task].chunks_documents:
@@ -217,8 +232,12 @@ def _read(cfg: Config, problems: Problems, ledger: _Ledger) -> tuple[dict, Decis
         spec = getattr(d, s)
         if not spec:
             continue
-        ing = ingest(spec, base, d.format, d.encoding, problems, skip_bad_rows=skip)
+        encoding = d.encoding if isinstance(d.encoding, str) else d.encoding.get(s, "utf-8")
+        ing = ingest(spec, base, d.format, encoding, problems, skip_bad_rows=skip)
         files += [{"split": s, **f} for f in ing.files]
+        for f in ing.files:
+            if "encoding" in f:
+                log.info(f"{f['path']}: read as {f['encoding']}")
         ledger.read[s] = ing.read
         for row, reason in ing.skipped:
             ledger.drop(s, {"id": row.id, "source": {"file": row.file, "line": row.line, "page": row.page},
@@ -265,10 +284,11 @@ def _records(s: str, rows, decision: Decision, cfg: Config, problems: Problems, 
             rec = with_references(rec, row, refs, local)
         for p in local.items:
             problems.add(p.kind, p.file, p.line, p.field, p.expected, p.found, p.hint,
-                         "warning" if skip else "error")
+                         "warning" if skip or p.severity == "warning" else "error")
         if rec is None:
+            errors = [p for p in local.items if p.severity == "error"]
             ledger.drop(s, {"id": row.id, "source": {"file": row.file, "line": row.line, "page": row.page},
-                            "raw": row.fields}, local.items[0].kind if local.items else "invalid_record")
+                            "raw": row.fields}, errors[0].kind if errors else "invalid_record")
             continue
         if TASKS[cfg.task].chunks_documents and rec["group"] is None:
             rec["group"] = row.file  # overlapping chunks of one document must stay in one split
@@ -309,18 +329,36 @@ def _closed_labels(train: list[dict], max_labels: int) -> list[str] | None:
     return sorted(outs)
 
 
-def _carve(cfg: Config, recs: dict, stratify: bool, ledger: _Ledger) -> None:
-    """Carve test, then validation, out of train when no file was given for them."""
-    n = len(recs["train"])
+def _carve(cfg: Config, recs: dict, stratify: bool, ledger: _Ledger) -> dict[str, str]:
+    """Carve test, then validation, out of train when no file was given for them; returns, per carved
+    split, how it was carved (what an empty split's problem says)."""
+    n, how = len(recs["train"]), {}
     for s, frac, offset in (("test", cfg.data.test_fraction, 0), ("validation", cfg.data.val_fraction, 1)):
         if getattr(cfg.data, s):
             continue
         recs["train"], held = split.carve(recs["train"], frac, cfg.train.seed + offset, stratify, of=n)
+        how[s] = (f"carved {frac:.0%} of {n} training example(s) (after cleaning and de-duplication): "
+                  f"{len(held)} example(s)")
         recs[s] = held
         ledger.moved["train"][s] += len(held)
         ledger.read[s] = len(held)
         log.info(f"{s}: carved {len(held)} examples from train ({frac:.0%}{', stratified' if stratify else ''}"
             f"{', by ' + cfg.data.group_by if cfg.data.group_by else ''}, seed {cfg.train.seed + offset})")
+    return how
+
+
+def _dropped(ledger: _Ledger, split_name: str) -> str:
+    """`3 exact_duplicate, 1 empty_text`: a split's dropped rows by reason."""
+    return ", ".join(f"{n} {why}" for why, n in ledger.dropped[split_name].most_common())
+
+
+def _report_conversions(problems: Problems) -> None:
+    """One line saying how many non-string values were converted to text, by field, and where the first was."""
+    found = [p for p in problems.items if p.kind == "converted_value"]
+    if found:
+        by_field = Counter(p.field for p in found)
+        log.warning(f"converted {len(found)} non-string value(s) to text ({', '.join(f'{n} in {f}' for f, n in by_field.most_common())}); "
+                    f"first: {found[0].file}:{found[0].line} {found[0].found} (all listed in the manifest's problems)")
 
 
 def _leakage(cfg: Config, recs: dict, held: list[str], ledger: _Ledger) -> list:

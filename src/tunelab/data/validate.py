@@ -99,3 +99,45 @@ def check_labels(recs: dict, labels: list[str] | None, problems: Problems) -> No
             problems.add("label_only_in_" + s, r["source"]["file"], r["source"].get("line"), "output",
                          expected="a label that occurs in train", found=f"{lab!r} ({counts[lab]} example(s))",
                          hint="the model can never learn it; add training examples or remove them")
+
+
+def rare_labels(train: list[dict], max_labels: int, problems: Problems) -> bool:
+    """Outputs that form a closed label set except for a few labels seen once: report each such label
+    (without this check they would silently turn classification into open-ended generation).
+    True when any was found."""
+    outs = Counter(r.get("output") for r in train)
+    if not outs or None in outs or len(outs) > max_labels:
+        return False
+    once = [lab for lab, n in outs.items() if n == 1]
+    repeated = sum(n for n in outs.values() if n > 1)
+    if not once or len(outs) - len(once) < 2 or repeated < 0.9 * len(train):
+        return False
+    first = {r["output"]: r for r in train if r["output"] in set(once)}
+    for lab in once:
+        src = first[lab]["source"]
+        problems.add("rare_label", src["file"], src.get("line"), "output",
+                     expected=f"a label seen at least twice in train, as the other {len(outs) - len(once)} labels are "
+                              f"({repeated} of {len(train)} examples)",
+                     found=f"{lab!r} once",
+                     hint="one-off labels would silently turn the closed label set into open-ended generation: fix or "
+                          "remove the row, add examples, or set eval.constrained: off to treat outputs as free text")
+    return True
+
+
+def check_sizes(recs: dict, labels: list[str] | None, where: dict[str, str], why: dict[str, str],
+                problems: Problems) -> None:
+    """Refuse degenerate data before training: an empty validation or test split, or one label only.
+
+    Args:
+        where: per split, the file (or config key) a problem points at.
+        why: per split, how it came to be empty (e.g. "carved 10% of 3 training examples -> 0").
+    """
+    for s in ("validation", "test"):
+        if not recs[s]:
+            problems.add("empty_split", where[s], expected=f"at least 1 {s} example", found=why[s],
+                         hint=f"add data, supply data.{s}, or raise data.{'val' if s == 'validation' else s}_fraction"
+                              if "carved" in why[s] else "check the file and the rows dropped from it")
+    if labels is not None and len(labels) == 1 and recs["train"]:
+        problems.add("single_label", where["train"], field="output", expected="at least 2 different labels in train",
+                     found=f"only {labels[0]!r} ({len(recs['train'])} examples)",
+                     hint="every system would score 1.0 on a single class: add examples of the other labels")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tunelab.config import ConfigError, ModelConfig
 from tunelab.models.registry import EMBEDDED, local_folder
 from tunelab.tasks import TASKS
+
+
+# Any of these makes a folder's tokenizer loadable (fast tokenizer, its config, or slow-tokenizer vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -12,7 +19,13 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     folder = local_folder(cfg)
-    tok = AutoTokenizer.from_pretrained(folder, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if Path(folder).is_dir() and not any((Path(folder) / f).is_file() for f in TOKENIZER_FILES):
+        raise ConfigError(f"model.name: {folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); "
+                          "copy them from the base model the weights came from")
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:   # transformers' way of saying the tokenizer files cannot be used
+        raise ConfigError(f"model.name: the tokenizer in {folder} cannot be loaded: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         # Padding positions never carry labels (the renderer builds labels explicitly), so reusing
         # EOS as pad is safe here; the EOS guard in render.py checks that EOS stays supervised.

@@ -80,6 +80,11 @@ def resolve(name: str) -> ResolvedModel:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ConfigError(f"model.name: GGUF file not found: {path}")
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ConfigError(f"model.name: {path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
+                              "point model.name at a .gguf model file or a Hugging Face model folder")
         return ResolvedModel(name, str(path.resolve().parent), path.name)
     if path.exists() or name.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
