@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from tunelab.data._json import JsonObject, duplicate_keys, element_lines, json_array
 from tunelab.data.encoding import decode_file
 from tunelab.data.html import html_to_text
 from tunelab.data.problems import Problems
@@ -223,7 +224,7 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
     if decoded is None:
         return
     text, bad = decoded
-    if _json_array(text, name, problems):
+    if json_array(text, name, problems):
         return
     for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -232,7 +233,7 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
             out.skipped.append((Row({"raw": line}, name, i), "non_utf8"))
             continue
         try:
-            obj = json.loads(line, object_pairs_hook=_Object.of)
+            obj = json.loads(line, object_pairs_hook=JsonObject.of)
         except json.JSONDecodeError as e:
             problems.add("malformed_json", name, i, expected="one JSON object per line",
                          found=f"{e.msg} at column {e.colno}: {line.strip()[:60]!r}")
@@ -242,59 +243,10 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
             problems.add("not_an_object", name, i, expected="a JSON object", found=type(obj).__name__)
             out.skipped.append((Row({"raw": line}, name, i), "not_an_object"))
             continue
-        if _duplicate_keys(obj, name, i, None, problems):
+        if duplicate_keys(obj, name, i, None, problems):
             out.skipped.append((Row(dict(obj), name, i), "duplicate_key"))
             continue
         out.rows.append(Row(dict(obj), name, i))
-
-
-class _Object(dict):
-    """A parsed JSON object that remembers the keys it had twice (json keeps the last value silently),
-    its nested objects' included as dotted paths."""
-
-    duplicates: tuple[str, ...] = ()
-    own: tuple[str, ...] = ()    # keys this object itself repeats
-
-    @classmethod
-    def of(cls, pairs: list[tuple[str, object]]) -> "_Object":
-        obj, dups = cls(), []
-        for key, value in pairs:
-            if key in obj:
-                dups.append(key)
-            obj[key] = value
-        obj.own = tuple(dups)
-        for key, value in obj.items():
-            inner = [(key, value)] if isinstance(value, dict) else \
-                [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list) else []
-            dups += [f"{path}.{d}" for path, v in inner for d in getattr(v, "duplicates", ())]
-        obj.duplicates = tuple(dups)
-        return obj
-
-
-def _duplicate_keys(obj, name: str, line: int | None, at: str | None, problems: Problems) -> bool:
-    """Record a problem for a JSON object that has a key twice; True when it has."""
-    dups = getattr(obj, "duplicates", ())
-    if dups:
-        problems.add("duplicate_key", name, line, at or dups[0], expected="each key once per object",
-                     found=f"{', '.join(repr(d) for d in dups)} twice (the later value would silently replace the earlier)",
-                     hint="remove or rename the repeated key")
-    return bool(dups)
-
-
-def _json_array(text: str, name: str, problems: Problems) -> bool:
-    """A JSON Lines file holding one JSON array instead: one problem with a hint, not one per line."""
-    if not text.lstrip().startswith("["):
-        return False
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    if not isinstance(doc, list):
-        return False
-    problems.add("json_array_in_jsonl", name, 1, expected="JSON Lines: one JSON object per line",
-                 found=f"one JSON array of {len(doc)} element(s) spanning {text.count(chr(10)) + 1} lines",
-                 hint="rename the file to .json or set data.format: json")
-    return True
 
 
 def _read_json(path, name, out, problems, encoding, kind):
@@ -303,7 +255,7 @@ def _read_json(path, name, out, problems, encoding, kind):
         return
     text = decoded[0]
     try:
-        doc = json.loads(text, object_pairs_hook=_Object.of)
+        doc = json.loads(text, object_pairs_hook=JsonObject.of)
     except json.JSONDecodeError as e:
         problems.add("malformed_json", name, e.lineno, expected="a JSON array of objects or records",
                      found=f"{e.msg} at column {e.colno}")
@@ -311,7 +263,7 @@ def _read_json(path, name, out, problems, encoding, kind):
     if isinstance(doc, dict) and all(isinstance(v, list) for v in doc.values()) and doc:
         lists = list(doc.values())
         if doc.own:
-            _duplicate_keys(doc, name, 1, None, problems)
+            duplicate_keys(doc, name, 1, None, problems)
             return
         if len(lists) == 1 and all(isinstance(x, dict) for x in lists[0]):
             doc = lists[0]  # {"data": [{...}, ...]}
@@ -321,10 +273,10 @@ def _read_json(path, name, out, problems, encoding, kind):
     if not isinstance(doc, list):
         problems.add("not_an_object", name, 1, expected="a JSON array of objects", found=type(doc).__name__)
         return
-    lines = _element_lines(text)
+    lines = element_lines(text)
     for i, obj in enumerate(doc):
         line = lines[i] if i < len(lines) else None
-        if isinstance(obj, dict) and _duplicate_keys(obj, name, line, None, problems):
+        if isinstance(obj, dict) and duplicate_keys(obj, name, line, None, problems):
             out.skipped.append((Row(dict(obj), name, line), "duplicate_key"))
         elif isinstance(obj, dict):
             out.rows.append(Row(dict(obj), name, line))
@@ -332,24 +284,6 @@ def _read_json(path, name, out, problems, encoding, kind):
             problems.add("not_an_object", name, line, field=f"[{i}]", expected="a JSON object",
                          found=type(obj).__name__)
             out.skipped.append((Row({"raw": obj}, name, line), "not_an_object"))
-
-
-def _element_lines(text: str) -> list[int]:
-    """The 1-based line where each element of a top-level JSON array starts."""
-    dec, pos, lines = json.JSONDecoder(), text.find("["), []
-    if pos < 0:
-        return lines
-    pos += 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "]":
-            return lines
-        lines.append(text.count("\n", 0, pos) + 1)
-        try:
-            _, pos = dec.raw_decode(text, pos)
-        except json.JSONDecodeError:
-            return lines
 
 
 def _read_parquet(path, name, out, problems, encoding, kind):
