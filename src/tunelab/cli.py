@@ -81,11 +81,14 @@ def eval_(run_dir: Path, data: Optional[Path] = typer.Option(None, help="Evaluat
           allow_incomplete: bool = ALLOW_INCOMPLETE):
     """Evaluate a trained run folder (fine-tuned vs baselines) and refresh its report."""
     from tunelab import pipeline
+    from tunelab.evaluate.verdict import render as render_verdict
     from tunelab.report.markdown import comparison_table
 
     rd = _run_dir(run_dir)
     _guard(pipeline.evaluate_run, rd, data, allow_incomplete)
     typer.echo(comparison_table(rd.metrics()))
+    if rd.metrics().get("verdict"):
+        typer.echo(render_verdict(rd.metrics()["verdict"]))
 
 
 @app.command()

@@ -41,7 +41,7 @@ OUTPUTS: dict[str, tuple] = {
     "prepare": ("data",),
     "train": ("checkpoints", "best", "last", "metrics.jsonl", "trainable.json", "tensorboard", ("metrics", "train")),
     "evaluate": ("predictions.jsonl", ("metrics", "test"), ("metrics", "eval_seconds"), ("metrics", "forgetting"),
-                 ("metrics", "evaluation")),
+                 ("metrics", "evaluation"), ("metrics", "verdict")),
     "report": ("report.md", "report.html", "loss.png"),
     "export": ("export",),
 }

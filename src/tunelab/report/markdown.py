@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from tunelab.config import Config
+from tunelab.evaluate.verdict import render as render_verdict
 
 SYSTEM_ORDER = ["zero_shot", "few_shot", "finetuned", "finetuned_full_test"]
 SYSTEM_NAMES = {"zero_shot": "zero-shot (base)", "few_shot": "few-shot (base)",
@@ -42,6 +43,8 @@ def render_markdown(cfg: Config, metrics: dict, plot_name: str | None) -> str:
     parts = [f"# tunelab run `{cfg.name}`", "",
              f"Model `{cfg.model.name}`, method `{cfg.method.name}`, task `{cfg.task}`.", "",
              "## Test set: fine-tuned vs prompting the same base model", "", comparison_table(metrics), ""]
+    if metrics.get("verdict"):
+        parts += [render_verdict(metrics["verdict"]), ""]
     ev = metrics.get("evaluation", {})
     if ev and ev.get("evaluated", 0) < ev.get("test_examples", 0):
         parts += [f"Time budget {ev['time_budget_s']:g} s: a fixed seeded subset of {ev['evaluated']} of "
