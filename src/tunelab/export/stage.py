@@ -20,7 +20,9 @@ from transformers import AutoTokenizer
 
 from tunelab.config import Config
 from tunelab.core.errors import UserError
+from tunelab.config import dump_config
 from tunelab.core.rundir import RunDir, atomic_folder, atomic_write_json, atomic_write_text
+from tunelab.export.bundle import EXPORT_INFO
 from tunelab.export.card import model_card
 from tunelab.methods import ADAPTERS_CONFIG, ADAPTERS_FILE, TASK_HEAD_NAMES, load_trained
 from tunelab.models import load_tokenizer
@@ -28,7 +30,6 @@ from tunelab.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-EXPORT_INFO = "tunelab_export.json"   # what was exported from which run, inside the export folder
 # fp32 merges reorder a few sums; real merge bugs (wrong scale, lost head) move logits by >0.1.
 TOLERANCE = 1e-3
 PROBES = [
@@ -157,7 +158,12 @@ def _export(cfg: Config, rd: RunDir, best: Path, out: Path, merge: bool) -> Path
         else:  # full or partly frozen fine-tuning: best/ already holds every weight
             _save_bundle(model, tokenizer, tmp)
             info = {"merged": False, "format": "safetensors", "note": "full weights: nothing to merge"}
-        doc = {"run": str(rd.path), "method": cfg.method.name, "task": cfg.task, "base_model": cfg.model.name, **info}
+        manifest = rd.data.manifest()
+        # The config, labels and input columns let `tunelab serve` render prompts exactly as the run did,
+        # from the export alone (the run folder may stay behind on the training machine).
+        doc = {"run": str(rd.path), "name": rd.name, "method": cfg.method.name, "task": cfg.task,
+               "base_model": cfg.model.name, **info, "labels": labels or manifest.get("labels"),
+               "columns": manifest.get("columns") or {}, "config": dump_config(cfg)}
         atomic_write_json(tmp / EXPORT_INFO, doc)
         atomic_write_text(tmp / "README.md", model_card(cfg, rd.metrics(), rd.data.manifest(), info))
     log.info(f"exported {cfg.method.name} ({info['format']}{', merged' if info['merged'] else ''}) to {out}")
