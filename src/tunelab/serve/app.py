@@ -18,7 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from tunelab import __version__
 from tunelab.config.serve import ServeConfig
@@ -96,10 +97,28 @@ class Accounting:
             await err.response()(scope, receive, send_wrapped)
             self._record(scope, info, status["code"], t0)
             return
+        limit = st.cfg.max_body_bytes
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            err = _too_large(limit)
+            info["error"] = error_kind(413, err.code)
+            await err.response()(scope, receive, send_wrapped)
+            self._record(scope, info, status["code"], t0)
+            return
+        received = {"bytes": 0}
+
+        async def receive_bounded():
+            # A body without Content-Length (chunked) is counted as it arrives.
+            message = await receive()
+            received["bytes"] += len(message.get("body", b""))
+            if received["bytes"] > limit:
+                raise HTTPException(413, _too_large(limit).message)
+            return message
+
         st.in_flight += 1
         st.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_wrapped)
+            await self.app(scope, receive_bounded, send_wrapped)
         except asyncio.CancelledError:
             status["code"], info["error"] = 499, "client_disconnected"
             raise
@@ -126,6 +145,11 @@ class Accounting:
             self.state.request_log.write(self.state.request_log.entry(**entry))
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than this server accepts ({limit} bytes, serve.max_body_bytes)",
+                    "request_too_large")
+
+
 def include(app: FastAPI, router: APIRouter) -> None:
     """Add a router (with its own auth dependency) to a built app."""
     app.include_router(router)
@@ -133,8 +157,7 @@ def include(app: FastAPI, router: APIRouter) -> None:
 
 def create_app(state: AppState, routers: list[APIRouter]) -> FastAPI:
     """The app over `state` with `routers` (each protected by its own dependencies)."""
-    app = FastAPI(title="tunelab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
-                  max_body_size=state.cfg.max_body_bytes)
+    app = FastAPI(title="tunelab", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tunelab = state
     install_handlers(app)
     for router in routers:
@@ -145,9 +168,6 @@ def create_app(state: AppState, routers: list[APIRouter]) -> FastAPI:
 
 def health_router() -> APIRouter:
     """GET /health: 503 while the models load, 200 when ready (public: load balancers probe it)."""
-    from fastapi import Request
-    from fastapi.responses import JSONResponse
-
     from tunelab.serve.schemas import Health
 
     router = APIRouter()

@@ -70,7 +70,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
         return await _api(request, ApiError(exc.status_code, str(exc.detail), code, headers=getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)

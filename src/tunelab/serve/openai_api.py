@@ -57,7 +57,8 @@ def _max_tokens(body, cfg) -> int:
     if unsupported:
         raise ApiError(400, f"{unsupported}={getattr(body, unsupported)!r} is not supported: tunelab decodes greedily, "
                        "as evaluation did (omit it or send its neutral value)", "unsupported_parameter", unsupported)
-    n = getattr(body, "max_completion_tokens", None) or body.max_tokens or cfg.default_max_tokens
+    n = (getattr(body, "max_completion_tokens", None) or body.max_tokens
+         or min(cfg.default_max_tokens, cfg.max_tokens_limit))
     if n > cfg.max_tokens_limit:
         raise ApiError(400, f"max_tokens={n} is above this server's limit of {cfg.max_tokens_limit} "
                        "(serve.max_tokens_limit)", "invalid_max_tokens", "max_tokens")
@@ -78,7 +79,8 @@ async def _submit(request: Request, served, prompt, text: str, max_tokens: int, 
         raise ApiError(400, f"the prompt has {n} tokens after the model's template; this server accepts at most "
                        f"{st.cfg.max_prompt_tokens} (serve.max_prompt_tokens)", "context_length_exceeded", "messages")
     request.state.prompt_tokens = getattr(request.state, "prompt_tokens", 0) + n
-    request.state.input = text
+    before = getattr(request.state, "input", None)
+    request.state.input = text if before is None else f"{before}\n{text}"
     if served.serving == "classify":
         job = Job(served, "head", prompt)
     elif served.trie is not None:

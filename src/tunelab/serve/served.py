@@ -53,7 +53,7 @@ class ServedModel:
         self.labels = None if base else predictor.labels
         self.trie = None if base else predictor.trie
         self.task = predictor.cfg.task
-        self.root = predictor.cfg.model.name if base else predictor.name
+        self.root = model_id if base else predictor.name
         self.decoder = None
         if self.serving != "classify":
             self.decoder = Decoder(self.model, predictor.precision, self.tokenizer.pad_token_id,
