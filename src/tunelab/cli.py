@@ -131,12 +131,14 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
 @app.command()
 def export(run_dir: Path, out: Optional[Path] = typer.Option(None, help="Output folder (default RUN_DIR/export)"),
            merge: bool = typer.Option(True, help="Merge adapters into the base weights"),
+           format: str = typer.Option("hf", "--format", help="hf (safetensors), gguf (llama.cpp/Ollama), vllm"),
+           quant: str = typer.Option("q8_0", "--quant", help="GGUF weights: f16 or q8_0"),
            allow_incomplete: bool = ALLOW_INCOMPLETE):
-    """Export a trained run: merged safetensors + tokenizer (or the unmerged adapter)."""
+    """Export a trained run: merged safetensors + tokenizer (or the unmerged adapter), GGUF, or a vLLM bundle."""
     from tunelab.export import stage
 
     rd = _run_dir(run_dir)
-    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd, out, merge, allow_incomplete))))
+    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd, out, merge, allow_incomplete, format, quant))))
 
 
 @app.command()
