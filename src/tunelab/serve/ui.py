@@ -9,31 +9,34 @@ external assets: a form posts, the page comes back with the answer. `pages_route
 from __future__ import annotations
 
 import secrets
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from tunelab.serve.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, SessionRequired, check_csrf, require_csrf, require_session
+from tunelab.core.templating import STATIC_DIR, install
+from tunelab.serve.auth import (LOGIN_COOKIE, SESSION_COOKIE, Session, SessionRequired, check_csrf, require_csrf,
+                                require_session)
 from tunelab.serve.errors import ApiError
 from tunelab.serve.security import cookie_options
+from tunelab.core.templating import TEMPLATES_DIR
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))   # autoescape is on for .html
+install(templates.env)                                      # the filters and globals report.html uses
 MAX_INPUT_CHARS = 8000
 
 
 def static_app() -> StaticFiles:
     """The package's stylesheets (mounted at /ui/static; public, the sign-in page needs them)."""
-    return StaticFiles(directory=str(TEMPLATES_DIR / "static"))
+    return StaticFiles(directory=str(STATIC_DIR))
 
 
 def render(request: Request, name: str, status: int = 200, session: Session | None = None, **context) -> HTMLResponse:
     """A page from `templates/`, with the session (for its CSRF token and the sign-out form)."""
     st = request.app.state.tunelab
-    return templates.TemplateResponse(request, name, {"session": session, "models": st.models, **context},
+    return templates.TemplateResponse(request, name, {"session": session, "models": st.models,
+                                                      "css_href": "/ui/static/tunelab.css", **context},
                                       status_code=status)
 
 
