@@ -15,12 +15,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from tunelab.core.templating import STATIC_DIR, install
+from tunelab.core.templating import STATIC_DIR, TEMPLATES_DIR, install
 from tunelab.serve.auth import (LOGIN_COOKIE, SESSION_COOKIE, Session, SessionRequired, check_csrf, require_csrf,
                                 require_session)
 from tunelab.serve.errors import ApiError
 from tunelab.serve.security import cookie_options
-from tunelab.core.templating import TEMPLATES_DIR
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))   # autoescape is on for .html
 install(templates.env)                                      # the filters and globals report.html uses
