@@ -11,6 +11,8 @@ from tunelab.core.errors import RunDirError
 from tunelab.core.rundir import RunDir, sweep
 from tunelab.data import stage as prepare_stage
 from tunelab.evaluate import stage as evaluate_stage
+from tunelab.evaluate.verdict import render as render_verdict
+from tunelab.methods import check_method
 from tunelab.models import load_tokenizer
 from tunelab.report import stage as report_stage
 from tunelab.report.markdown import comparison_table
@@ -26,6 +28,7 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
     With `resume`, an existing run continues where it stopped: completed stages are kept, training goes
     on from its newest complete checkpoint (refused when the config or the data changed).
     """
+    check_method(cfg.method, cfg.task)
     rd = open_run(cfg, overwrite, resume)
     tokenizer = load_tokenizer(cfg.model)
     if resume:
@@ -38,6 +41,8 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
     if _to_do(rd, "report", resume):
         path = report_stage.run(cfg, rd)
         log.info("\n" + comparison_table(rd.metrics()))
+        if rd.metrics().get("verdict"):
+            log.info(render_verdict(rd.metrics()["verdict"]))
         log.info(f"report: {path}")
     return rd
 
@@ -51,6 +56,7 @@ def prepare(cfg: Config, overwrite: bool = False) -> RunDir:
 
 def train_only(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
     """Prepare the data and fine-tune (no evaluation); `resume` as in `run`."""
+    check_method(cfg.method, cfg.task)
     rd = open_run(cfg, overwrite, resume)
     tokenizer = load_tokenizer(cfg.model)
     if resume:
