@@ -27,8 +27,7 @@ import yaml
 from typer.testing import CliRunner
 
 from data.conftest import make_pdf
-from test_pipeline import INTENTS, write_data
-from tiny import tiny_llama
+from test_pipeline import INTENTS, tiny_project
 from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.core.log import rate
@@ -267,6 +266,8 @@ CASES = [
          ["its training was interrupted before it finished", "--resume"]),
     Case("export_after_kill", lambda c: ["export", _killed_during_training(c).path], 2,
          ["its training was interrupted before it finished"]),
+    Case("serve_after_kill", lambda c: ["serve", _killed_during_training(c).path], 2,
+         ["cannot serve it", "its training was interrupted before it finished"]),
     Case("best_without_marker", _best_without_marker, 2, ["its best/ model folder is missing or incomplete"]),
     Case("rerun_after_kill_offers_resume", _rerun_after_kill, 2,
          ["already holds a run (interrupted", "--resume to continue it"]),
@@ -337,16 +338,8 @@ CASES = [
 def project(tmp_path_factory) -> Ctx:
     """The tiny project and one run of it trained and evaluated (2 per class on test, few steps)."""
     root = tmp_path_factory.mktemp("corpus")
-    write_data(root)
-    model = tiny_llama(root / "tiny-llama")
-    cfg = {"name": "base", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(model)},
-           "method": {"name": "lora", "r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 5e-3, "max_steps": 2, "batch_size": 4, "eval_every": 2, "precision": "fp32", "threads": 1},
-           "eval": {"baseline_per_class": 1, "few_shot_k": 1, "bootstrap_samples": 100, "forgetting": False}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    tiny_project(root, "base", method={"r": 2, "alpha": 4}, train={"max_steps": 2, "eval_every": 2},
+                 eval={"baseline_per_class": 1, "few_shot_k": 1, "bootstrap_samples": 100, "forgetting": False})
     return Ctx(root, run_pipeline(load_config(root / "cfg.yaml")))
 
 

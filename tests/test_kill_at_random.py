@@ -3,7 +3,7 @@
     .venv/bin/python tests/test_kill_at_random.py --kills 20 [--seed 0] [--keep DIR]
     .venv/bin/python -m pytest -m slow tests/test_kill_at_random.py
 
-One uninterrupted run of a tiny project (2-layer Llama, LoRA, fp32, CPU, 40 steps with a checkpoint
+One uninterrupted run of a tiny project (2-layer Llama, LoRA, fp32, CPU, 120 steps with a checkpoint
 every 5) is the reference; it also measures when the run folder appears and when the run ends. Each
 trial starts the same `tunelab run` as a real process, sends it SIGKILL at a moment drawn uniformly
 from the reference's time between its run folder appearing and its end (prepare, train, checkpoint
@@ -32,29 +32,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-STEPS = 40
+STEPS = 120
 TRAIN_KEYS = ("steps", "best_step", "best_eval_loss", "train_loss", "tokens", "examples")
 
 
 def make_project(root: Path) -> Path:
     """The tiny project (data, model, config); returns the config path."""
-    import yaml
+    from test_pipeline import tiny_project
 
-    from test_pipeline import write_data
-    from tiny import tiny_llama
-
-    write_data(root)
-    model = tiny_llama(root / "tiny-llama")
-    cfg = {"name": "ref", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(model)},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 5e-3, "max_steps": STEPS, "batch_size": 4, "eval_every": 5, "log_every": 1,
-                     "save_every": 5, "keep_checkpoints": 2, "patience": None, "precision": "fp32", "threads": 1},
-           "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 200, "forgetting_tokens": 64}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    return root / "cfg.yaml"
+    # Enough steps for training to take a fair share of the run's time, a checkpoint every 5 of them.
+    return tiny_project(root, "ref", train={"max_steps": STEPS, "eval_every": 10, "save_every": 5,
+                                            "keep_checkpoints": 2, "patience": None})
 
 
 def tunelab(*args, **kwargs) -> subprocess.Popen:
@@ -120,9 +108,11 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
     proc = tunelab("run", cfg, f"name={name}")
     while not (runs / name / "config.yaml").exists() and proc.poll() is None:
         time.sleep(0.01)   # the moment is counted from the run folder's creation: imports take long and vary
-    time.sleep(at)
+    appeared = time.time()
+    while proc.poll() is None and time.time() - appeared < at:
+        time.sleep(0.005)
     if proc.poll() is not None:
-        return {"name": name, "at": at, "finished_first": True}
+        return {"name": name, "at": at, "finished_first": True, "lasted": time.time() - appeared}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     rd = RunDir(runs / name)
@@ -136,7 +126,7 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
         row.update(state=rd.state(), stage=st.get("stage") or "-", step=max(steps, default=0),
                    checkpoints=f"{len(complete)}+{len(rd.checkpoint_folders()) - len(complete)}")
         if row["state"] == "complete":   # the kill came after the last write: nothing was interrupted
-            return {**row, "finished_first": True}
+            return {**row, "finished_first": True, "lasted": at}
         row["export"] = CliRunner().invoke(app, ["export", str(rd.path)]).exit_code
         trained = rd.stage_state("train") == "complete"
         row["eval"] = "trained" if trained else CliRunner().invoke(app, ["eval", str(rd.path)]).exit_code
@@ -160,13 +150,16 @@ def main(kills: int = 20, seed: int = 0, keep: Path | None = None) -> list[dict]
     print(f"reference run: folder after {appeared:.1f}s, done after {ended:.1f}s; each kill comes a random "
           f"0-{ended - appeared:.1f}s after its run folder appears")
     ref = snapshot(runs / "ref")
-    rng, rows, i = random.Random(seed), [], 0
+    rng, rows, i, window = random.Random(seed), [], 0, ended - appeared
     while len([r for r in rows if not r["finished_first"]]) < kills:
         i += 1
-        row = trial(i, cfg, runs, rng.uniform(0, ended - appeared), ref)
+        row = trial(i, cfg, runs, rng.uniform(0, window), ref)
         rows.append(row)
         if row["finished_first"]:
-            print(f"{row['name']}: t={row['at']:.2f}s finished before the kill; drawn again")
+            # A shared machine's speed varies: a run that finished first shortens the window to its own length.
+            window = min(window, row["lasted"])
+            print(f"{row['name']}: t={row['at']:.2f}s finished before the kill (in {row['lasted']:.1f}s); "
+                  f"window now 0-{window:.1f}s; drawn again")
             continue
         print(f"{row['name']}: killed at t={row['at']:.2f}s in {row['stage']:<8} (status {row['state']}, "
               f"log to step {row['step']}, checkpoints complete+partial {row.get('checkpoints', '-')}); "

@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -43,12 +44,14 @@ def write_data(folder):
             w.writerow([f"question {i}: {t.upper()} today?", label])
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("proj")
+def tiny_project(root: Path, name: str = "tiny", **sections) -> Path:
+    """Write the intents data, a tiny Llama and a config (LoRA on q/v, fp32, 1 thread) into `root`;
+    `sections` update the config's sections (e.g. train={"max_steps": 20}). Returns the config path."""
     write_data(root)
-    model = tiny_llama(root / "tiny-llama")
-    cfg = {"name": "tiny", "runs_dir": str(root / "runs"),
+    model = root / "tiny-llama"
+    if not model.exists():
+        tiny_llama(model)
+    cfg = {"name": name, "runs_dir": str(root / "runs"),
            "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"],
                     "output_column": "category", "template": "Intent of: {text}", "max_length": 64,
                     "val_fraction": 0.2, "dedup": {"near": False}},
@@ -58,7 +61,16 @@ def project(tmp_path_factory):
                      "precision": "fp32", "threads": 1},
            "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 200,
                     "forgetting_tokens": 64}}
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return root / "cfg.yaml"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("proj")
+    tiny_project(root)
     return root
 
 

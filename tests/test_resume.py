@@ -10,7 +10,6 @@ duplicated or missing log line.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,12 +19,10 @@ import textwrap
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from test_pipeline import write_data
-from tiny import tiny_llama
+from test_pipeline import tiny_project
 from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.core.rundir import RunDir
@@ -37,19 +34,10 @@ STEPS = 20
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    write_data(root)
-    model = tiny_llama(root / "tiny-llama")
     # min_delta: only the first validation counts as an improvement, so the early-stopping counter is 1
     # at checkpoint-10 and reaches patience (3) exactly at step 20 only when it is restored on resume.
-    cfg = {"name": "ref", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(model)},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 5e-3, "max_steps": STEPS, "batch_size": 4, "eval_every": 5, "log_every": 1,
-                     "save_every": 5, "keep_checkpoints": 3, "patience": 3, "min_delta": 10.0,
-                     "precision": "fp32", "threads": 1}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    tiny_project(root, "ref", train={"max_steps": STEPS, "eval_every": 5, "save_every": 5, "keep_checkpoints": 3,
+                                     "patience": 3, "min_delta": 10.0})
     return root
 
 
@@ -128,7 +116,8 @@ def test_kill_and_resume_equals_uninterrupted(project):
 
 def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project):
     script = KILLED_RUN.replace("os.kill(os.getpid(), signal.SIGKILL)", "os.kill(os.getpid(), signal.SIGTERM)") \
-        .replace("state.global_step == 15", "state.global_step == 5").replace("name=killed", "name=term")
+        .replace("state.global_step == 15", "state.global_step == 5") \
+        .replace('["name=killed"]', '["name=term", "train.keep_checkpoints=1"]')
     script = script.replace("train_stage.run(cfg, rd, prepare_stage.run(cfg, rd, tok), tok, callbacks=[KillWhileSaving()])",
                             "import typer\nfrom tunelab.cli import _guard\ntry:\n"
                             "    _guard(train_stage.run, cfg, rd, prepare_stage.run(cfg, rd, tok), tok, "
@@ -143,6 +132,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project)
     rd = RunDir(project / "runs" / "term")
     assert rd.state() == "interrupted" and rd.stage_state("train") == "interrupted"
     assert rd.checkpoint_marker(rd.checkpoint_path(6))["step"] == 6   # saved at the end of the next step
+    assert [s for s, _ in rd.checkpoint_folders()] == [6]   # keep_checkpoints=1: checkpoint-5 went once 6 was whole
 
     changed = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=term", "train.lr=1e-3", "--resume"])
     assert changed.exit_code == 2
@@ -151,3 +141,60 @@ def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project)
     assert fine.exit_code == 0, fine.output
     assert "resuming from checkpoint-6 (step 6)" in fine.output and rd.state() == "complete"
     assert sorted(losses(rd)) == list(range(1, STEPS + 1))
+
+
+def test_log_torn_by_a_kill_reads_and_cuts_back(tmp_path):
+    """A writer killed mid-line leaves a torn last line: reading skips it, a resume cuts the log back."""
+    rd = RunDir(tmp_path)
+    for step in (1, 2, 3):
+        rd.log({"step": step, "loss": 1.0 / step})
+    with rd.metrics_jsonl.open("a") as f:
+        f.write('{"step": 4, "lo')
+    assert [r["step"] for r in rd.read_log()] == [1, 2, 3]
+    assert rd.log_lines() == 3
+    assert rd.truncate_log(2) == 2   # line 3 and the torn line 4
+    assert [r["step"] for r in rd.read_log()] == [1, 2]
+    assert rd.metrics_jsonl.read_text().endswith("\n")
+
+
+class PowerCut(Exception):
+    """Stands for the process dying at a step (in-process, so each method's checkpoint round trip is quick)."""
+
+
+@pytest.mark.parametrize("task,method", [("sft", "full"), ("sft", "adapter"), ("sft", "prompt_tuning"),
+                                         ("classification", "lora")])
+def test_each_method_resumes_to_the_same_weights(project, tmp_path, task, method):
+    from transformers import TrainerCallback
+
+    from tunelab.data import stage as prepare_stage
+    from tunelab.models import load_tokenizer
+    from tunelab.train import stage as train_stage
+
+    class CutAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 5:
+                raise PowerCut
+
+    over = [f"runs_dir={tmp_path}", f"task={task}", f"method.name={method}", "method.adapter_size=8",
+            "method.num_virtual_tokens=4", "train.max_steps=6", "train.save_every=3", "train.eval_every=3"]
+    runs = {}
+    for name, cut in (("whole", False), ("cut", True)):
+        cfg = load_config(project / "cfg.yaml", over + [f"name={name}"])
+        rd = RunDir.create(cfg)
+        tok = load_tokenizer(cfg.model)
+        prepared = prepare_stage.run(cfg, rd, tok)
+        if cut:
+            with pytest.raises(PowerCut):
+                train_stage.run(cfg, rd, prepared, tok, callbacks=[CutAt()])
+            assert rd.state() == "failed"
+            train_stage.run(cfg, rd, prepared, tok, resume=True)
+            assert rd.status()["stages"]["train"]["resumed_from"] == "checkpoint-3"
+        else:
+            train_stage.run(cfg, rd, prepared, tok)
+        runs[name] = rd
+    files = sorted(p.name for p in runs["whole"].last.glob("*.safetensors"))
+    assert files
+    for f in files:
+        a, b = load_file(runs["whole"].last / f), load_file(runs["cut"].last / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert losses(runs["cut"]) == losses(runs["whole"])

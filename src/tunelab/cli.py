@@ -59,6 +59,10 @@ def _guard(fn, *args, **kwargs):
 
 def _config(path: Path, overrides: Optional[list[str]]):
     from tunelab.config import load_config
+    from tunelab.core.rundir import RunDir
+
+    if path.is_dir() and RunDir(path).is_run():
+        path = RunDir(path).config_path   # a run folder stands for the config it was made with
     return _guard(load_config, path, overrides or [])
 
 

@@ -89,8 +89,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         ConfigError: missing file, bad YAML, unknown key (with did-you-mean) or wrong type.
     """
     path = Path(path)
-    if path.is_dir() and (path / "config.yaml").is_file():
-        path = path / "config.yaml"   # a run folder stands for the config it was made with
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
