@@ -35,7 +35,7 @@ class Predictor:
         self.input_columns: list[str] = ((manifest.get("columns") or {}).get("input")
                                          or self.cfg.data.input_columns or ["text"])
         self.tokenizer = load_tokenizer(self.cfg.model)
-        self.model = load_trained(self.cfg.model, best, self.cfg.task, labels=self.labels)
+        self.model = load_trained(self.cfg.model, best, self.cfg.task, labels=self.labels, method=self.cfg.method)
         self.model.eval()
         self.renderer = Renderer(self.tokenizer, self.cfg)
         self.precision = choose_precision(self.cfg.train)
