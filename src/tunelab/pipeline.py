@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 from tunelab.config import Config
-from tunelab.core.errors import RunDirError
+from tunelab.core.errors import RunDirError, UserError
 from tunelab.core.ranks import is_main_process, launched, process_rank, world_size
 from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared, load_prepared
@@ -104,6 +104,8 @@ def _log_estimate(cfg: Config, prepared: Prepared, tokenizer, nproc: int) -> Non
 
     try:
         est = estimate_stage.run(cfg, prepared, tokenizer, nproc, calibrate_steps=0 if launched() else 4)
+    except UserError:
+        raise   # e.g. qlora without CUDA: training would stop with the same message
     except Exception as e:   # the estimate informs; a failure of its own must not cost the user the run
         log.warning(f"no estimate: {type(e).__name__}: {e}")
         return

@@ -32,7 +32,7 @@ from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared
 from tunelab.estimate.memory import current_rss
 from tunelab.models import Precision
-from tunelab.train.callbacks import save_model
+from tunelab.train.callbacks import BestCheckpoint, save_model
 from tunelab.train.render import Renderer
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,10 @@ def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, pr
         t0 = time.perf_counter()
         save_model(trainer.model, tokenizer, scratch.last)
         save = time.perf_counter() - t0
+        trainer.remove_callback(BestCheckpoint)   # its save of best/ is timed above, not as validation
         t0 = time.perf_counter()
-        trainer.evaluate()   # also saves best/ (a first validation always improves): subtract one save
-        evaluate = max(time.perf_counter() - t0 - save, 1e-6)
+        trainer.evaluate()
+        evaluate = time.perf_counter() - t0
         # Reserved, not allocated: the caching allocator holds (and the GPU loses) its whole pool.
         peak_gpu = torch.cuda.max_memory_reserved() if prec.device == "cuda" else None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from tunelab.methods import METHODS, check_method
 from tunelab.models import Precision, choose_precision, empty_model, load_tokenizer
 from tunelab.tasks import TASKS
 from tunelab.train.render import Renderer
-from tunelab.train.stage import encode, validation_subset
+from tunelab.train.stage import encode, threads, validation_subset
 
 log = logging.getLogger(__name__)
 HEADROOM = 0.9   # a run planned above 90% of the memory it may use is flagged: estimates are +-25%
@@ -169,7 +168,7 @@ def run(cfg: Config, prepared: Prepared, tokenizer, nproc: int = 1, calibrate_st
         est.warnings.append("the counted peak alone exceeds the memory available, so no calibration step was run")
     elif calibrate_steps > 0:
         saved = torch.get_num_threads()
-        torch.set_num_threads(cfg.train.threads or max(1, (os.cpu_count() or 1) // nproc))   # as each process will
+        torch.set_num_threads(threads(cfg, nproc))   # as each of the run's processes will
         try:
             est.calibration = calibrate(cfg, prepared, tokenizer, renderer, prec, train_ex, val_ex, calibrate_steps)
         finally:

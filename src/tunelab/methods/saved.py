@@ -60,4 +60,5 @@ def _base_for_adapter(cfg: ModelConfig, task: str, labels: list[str] | None, met
         log.warning("this adapter was trained on a 4-bit NF4 base (qlora); without a CUDA device it is applied "
                     "to the full-precision base, whose outputs differ slightly from the trained model's")
         return load_model(cfg, task, labels=labels)
-    return load_model(cfg, task, labels=labels, **load_kwargs(method)).dequantize(dtype=torch.float32)
+    # The layers bitsandbytes left unquantised were loaded in the compute dtype, as training saw them.
+    return load_model(cfg, task, labels=labels, **load_kwargs(method)).dequantize(dtype=torch.float32).float()

@@ -91,9 +91,10 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         return finish(cfg, rd, trainer, best, out, time.time() - start, prec, about, enc_stats)
 
 
-def threads(cfg: Config) -> int:
-    """torch threads for this process: train.threads, else the machine's cores shared by its processes."""
-    return cfg.train.threads or max(1, (os.cpu_count() or 1) // local_world_size())
+def threads(cfg: Config, processes: int | None = None) -> int:
+    """torch threads for one process: train.threads, else the machine's cores shared by its `processes`
+    (default: the processes of this launch on this machine)."""
+    return cfg.train.threads or max(1, (os.cpu_count() or 1) // (processes or local_world_size()))
 
 
 def check_distributed(cfg: Config) -> None:
