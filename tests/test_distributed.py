@@ -1,7 +1,7 @@
 """Training in several processes through `accelerate launch` (DDP over gloo on CPU) on a tiny model.
 
-The invariant: two processes with 4 examples each per step log the same per-step losses, validation
-losses and token counts as one process with 8, because the loss is normalised by the supervised
+The invariant: two processes with 2 examples each per step log the same per-step losses, validation
+losses and token counts as one process with 4, because the loss is normalised by the supervised
 tokens of the whole step across processes. Every file operation of every process is recorded
 (tests/_audit/sitecustomize.py): rank 1 touches nothing in the run folder. A rank stopped with
 SIGSTOP makes rank 0's stall watchdog print the stacks and the likely causes, record the stall and
@@ -46,7 +46,9 @@ def project(tmp_path_factory):
                     "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
            "model": {"name": str(tiny_llama(root / "tiny-llama"))},
            "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 1e-2, "max_steps": 4, "batch_size": 4, "eval_every": 2, "log_every": 1,
+           # 19 training examples: 4 steps of 2 x 2 (or 1 x 4) examples stay inside the first epoch, whose
+           # last, partial batch accelerate would complete with repeated examples in one process only.
+           "train": {"lr": 1e-2, "max_steps": 4, "batch_size": 2, "eval_every": 2, "log_every": 1,
                      "warmup_ratio": 0.0, "precision": "fp32", "threads": 1}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
@@ -76,8 +78,8 @@ def _audit(folder: Path) -> dict[str, list]:
 
 def test_two_processes_match_one_process_and_only_rank_0_writes(project, tmp_path):
     proc = _tunelab(project, "train", "cfg.yaml", "name=two", "--nproc", "2", "--no-estimate", audit=tmp_path / "audit")
-    # Meanwhile the reference: one process, 8 examples per step (2 processes x 4).
-    one = train_only(load_config(project / "cfg.yaml", ["train.batch_size=8"]))
+    # Meanwhile the reference: one process, 4 examples per step (2 processes x 2).
+    one = train_only(load_config(project / "cfg.yaml", ["train.batch_size=4"]))
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     assert "--multi_gpu" in out and "--num_processes 2" in out   # the launch is printed before it runs
