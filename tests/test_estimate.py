@@ -110,3 +110,14 @@ def test_advice_names_settings_and_what_each_saves(project):
     lora = load_config(project / "cfg.yaml")
     on_gpu = advice.suggestions(lora, mem, excess=0.5 * GB, device="cuda", cuda_available=True)
     assert on_gpu[-1] == "method.name=qlora: a 4-bit NF4 base takes about 0.28 GB instead of 2.00 GB of weights (CUDA only)"
+
+
+def test_train_prints_the_estimate_before_training(project):
+    result = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=printed", "train.max_steps=2"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "estimate for printed:" in out and "2 optimizer steps" in out
+    assert out.index("estimate for printed:") < out.index("trained 2 steps")
+    quiet = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=quiet", "train.max_steps=2",
+                                     "--no-estimate"])
+    assert quiet.exit_code == 0 and "estimate for" not in quiet.output
