@@ -20,11 +20,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from typer.testing import CliRunner
 
-from test_pipeline import write_data
+from intent_project import intent_project
 from tiny import tiny_llama
 from tunelab.cli import app
 from tunelab.config import load_config
@@ -40,18 +39,12 @@ ACCELERATE_CONFIGS = TESTS.parent / "examples" / "accelerate"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
-    write_data(root)
-    cfg = {"name": "one", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(tiny_llama(root / "tiny-llama"))},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           # 19 training examples: 4 steps of 2 x 2 (or 1 x 4) examples stay inside the first epoch, whose
-           # last, partial batch accelerate would complete with repeated examples in one process only.
-           "train": {"lr": 1e-2, "max_steps": 4, "batch_size": 2, "eval_every": 2, "log_every": 1,
-                     "warmup_ratio": 0.0, "precision": "fp32", "threads": 1}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    # 19 training examples: 4 steps of 2 x 2 (or 1 x 4) examples stay inside the first epoch, whose
+    # last, partial batch accelerate would complete with repeated examples in one process only.
+    return intent_project(root, "one", tiny_llama(root / "tiny-llama"),
+                          {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                          {"lr": 1e-2, "max_steps": 4, "batch_size": 2, "eval_every": 2, "log_every": 1,
+                           "warmup_ratio": 0.0, "precision": "fp32", "threads": 1})
 
 
 def _tunelab(project: Path, *args: str, audit: Path | None = None, **popen) -> subprocess.Popen:

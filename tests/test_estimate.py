@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-import yaml
 from typer.testing import CliRunner
 
-from test_pipeline import write_data
+from intent_project import intent_project
 from tiny import tiny_llama
 from tunelab.cli import app
 from tunelab.config import MethodConfig, ModelConfig, load_config
@@ -25,17 +24,10 @@ from tunelab.pipeline import train_only
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("est")
-    write_data(root)
-    cfg = {"name": "est", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(tiny_llama(root / "tiny-llama"))},
-           "method": {"name": "lora", "r": 4, "alpha": 8},
-           # 19 examples, batch 4, accumulation 2: 5 batches -> 3 steps per epoch -> 1.5 epochs = 5 steps.
-           "train": {"lr": 1e-3, "epochs": 1.5, "batch_size": 4, "grad_accum": 2, "eval_every": 2, "log_every": 1,
-                     "precision": "fp32", "threads": 1, "patience": None}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    # 19 examples, batch 4, accumulation 2: 5 batches -> 3 steps per epoch -> 1.5 epochs = 5 steps.
+    return intent_project(root, "est", tiny_llama(root / "tiny-llama"), {"name": "lora", "r": 4, "alpha": 8},
+                          {"lr": 1e-3, "epochs": 1.5, "batch_size": 4, "grad_accum": 2, "eval_every": 2,
+                           "log_every": 1, "precision": "fp32", "threads": 1, "patience": None})
 
 
 def test_estimate_counts_what_training_then_does(project, tmp_path):

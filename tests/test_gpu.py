@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from test_pipeline import write_data
+from intent_project import intent_project
 from tiny import tiny_tokenizer
 from tunelab.config import TrainConfig, load_config
 from tunelab.core.rundir import RunDir
@@ -44,15 +43,9 @@ def _llama(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu")
-    write_data(root)
-    cfg = {"name": "gpu", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
-                    "template": "Intent of: {text}", "max_length": 64, "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(_llama(root / "llama"))},
-           "method": {"name": "lora", "r": 8, "alpha": 16},
-           "train": {"lr": 2e-3, "max_steps": 30, "batch_size": 4, "eval_every": 10, "log_every": 1, "patience": None}}
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    return root
+    return intent_project(root, "gpu", _llama(root / "llama"), {"name": "lora", "r": 8, "alpha": 16},
+                          {"lr": 2e-3, "max_steps": 30, "batch_size": 4, "eval_every": 10, "log_every": 1,
+                           "patience": None})
 
 
 def _train_peak(project: Path, *overrides: str) -> tuple[RunDir, int]:

@@ -82,15 +82,21 @@ def _launch(config: Path, overrides: Optional[list[str]], nproc: int, accelerate
     return launch if launch.needed else None
 
 
+def _training(verb, config: Path, overrides: Optional[list[str]], overwrite: bool, nproc: int, print_launch: bool,
+              accelerate_config: Optional[Path], estimate: bool) -> None:
+    """`run` and `train`: the config, where the training processes run, then the pipeline verb."""
+    cfg = _config(config, overrides)
+    launch = _launch(config, overrides, nproc, accelerate_config, print_launch)
+    _guard(verb, cfg, overwrite, launch, estimate)
+
+
 @app.command()
 def run(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE, nproc: int = NPROC,
         print_launch: bool = PRINT_LAUNCH, accelerate_config: Optional[Path] = ACCELERATE_CONFIG,
         estimate: bool = ESTIMATE):
     """Prepare data, fine-tune, evaluate against zero-/few-shot baselines and write the report."""
     from tunelab import pipeline
-    cfg = _config(config, overrides)
-    launch = _launch(config, overrides, nproc, accelerate_config, print_launch)
-    _guard(pipeline.run, cfg, overwrite, launch, estimate)
+    _training(pipeline.run, config, overrides, overwrite, nproc, print_launch, accelerate_config, estimate)
 
 
 @app.command()
@@ -106,9 +112,7 @@ def train(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: b
           estimate: bool = ESTIMATE):
     """Prepare the data and fine-tune (no evaluation)."""
     from tunelab import pipeline
-    cfg = _config(config, overrides)
-    launch = _launch(config, overrides, nproc, accelerate_config, print_launch)
-    _guard(pipeline.train_only, cfg, overwrite, launch, estimate)
+    _training(pipeline.train_only, config, overrides, overwrite, nproc, print_launch, accelerate_config, estimate)
 
 
 @app.command()
