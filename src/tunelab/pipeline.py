@@ -18,6 +18,7 @@ from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared, load_prepared
 from tunelab.data import stage as prepare_stage
 from tunelab.evaluate import stage as evaluate_stage
+from tunelab.evaluate.verdict import render as render_verdict
 from tunelab.methods import check_method
 from tunelab.models import device_of, load_tokenizer
 from tunelab.report import stage as report_stage
@@ -44,6 +45,8 @@ def run(cfg: Config, overwrite: bool = False, launch: Launch | None = None, esti
     evaluate_stage.run(cfg, rd, prepared, tokenizer)
     path = report_stage.run(cfg, rd)
     log.info("\n" + comparison_table(rd.metrics()))
+    if rd.metrics().get("verdict"):
+        log.info(render_verdict(rd.metrics()["verdict"]))
     log.info(f"report: {path}")
     return rd
 
