@@ -35,3 +35,28 @@ def test_cuda_requested_without_cuda():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
         choose(TrainConfig(device="cuda"))
+
+
+def _fake_gpu(monkeypatch, bf16: bool, name: str, capability: tuple[int, int]) -> None:
+    """What torch reports on a CUDA machine (the real thing is tested in test_gpu.py)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: name)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+
+
+def test_gpu_auto_picks_bf16_where_supported(monkeypatch):
+    _fake_gpu(monkeypatch, True, "NVIDIA H100", (9, 0))
+    p = choose(TrainConfig())
+    assert p.device == "cuda" and p.bf16 and not p.fp16
+    assert p.reason == "bf16 autocast: NVIDIA H100 (compute capability 9.0) supports bf16"
+
+
+def test_gpu_auto_without_bf16_picks_fp16_with_loss_scaling(monkeypatch):
+    _fake_gpu(monkeypatch, False, "Tesla T4", (7, 5))
+    p = choose(TrainConfig())
+    assert p.fp16 and not p.bf16 and p.autocast_dtype == torch.float16
+    assert "fp16 autocast with dynamic loss scaling (this GPU has no bf16) on Tesla T4" in p.reason
+    assert choose(TrainConfig(precision="fp32")).autocast_dtype is None
+    with pytest.raises(ConfigError, match="Tesla T4 .* does not support bf16"):
+        choose(TrainConfig(precision="bf16"))

@@ -71,12 +71,48 @@ def _run_dir(path: Path):
     return _guard(RunDir.open, path)
 
 
+NPROC = typer.Option(1, "--nproc", min=1, help="Train in N processes on this machine, started by `accelerate launch` "
+                     "(DDP: gloo on CPU, NCCL with one GPU per process)")
+PRINT_LAUNCH = typer.Option(False, "--print-launch", help="Print the exact command that starts the training "
+                            "processes, and exit")
+ACCELERATE_CONFIG = typer.Option(None, "--accelerate-config", help="An accelerate config file (FSDP, DeepSpeed, "
+                                 "mixed settings) for the launch; see docs/scaling.md")
+ESTIMATE = typer.Option(True, "--estimate/--no-estimate", help="Print the memory and time estimate (a few measured "
+                        "calibration steps) before training")
+
+
+def _launch(config: Path, overrides: Optional[list[str]], resume: bool, nproc: int, accelerate_config: Optional[Path],
+            print_launch: bool):
+    """The launch of the training processes (None: train in this process); `--print-launch` prints it and exits."""
+    from tunelab.core.ranks import launched, world_size
+    from tunelab.train.launch import Launch
+
+    if launched() and (nproc > 1 or accelerate_config is not None):
+        typer.secho(f"error: this process was started by a launcher ({world_size()} processes): drop --nproc and "
+                    "--accelerate-config", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    launch = Launch(nproc, config, list(overrides or []), accelerate_config, resume)
+    if print_launch:
+        typer.echo(launch.printable())
+        raise typer.Exit(0)
+    return launch if launch.needed else None
+
+
+def _training(verb, config: Path, overrides: Optional[list[str]], overwrite: bool, resume: bool, nproc: int,
+              print_launch: bool, accelerate_config: Optional[Path], estimate: bool) -> None:
+    """`run` and `train`: the config, where the training processes run, then the pipeline verb."""
+    cfg = _config(config, overrides)
+    launch = _launch(config, overrides, resume, nproc, accelerate_config, print_launch)
+    _guard(verb, cfg, overwrite, resume, launch, estimate)
+
+
 @app.command()
 def run(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE,
-        resume: bool = RESUME):
+        resume: bool = RESUME, nproc: int = NPROC, print_launch: bool = PRINT_LAUNCH,
+        accelerate_config: Optional[Path] = ACCELERATE_CONFIG, estimate: bool = ESTIMATE):
     """Prepare data, fine-tune, evaluate against zero-/few-shot baselines and write the report."""
     from tunelab import pipeline
-    _guard(pipeline.run, _config(config, overrides), overwrite, resume)
+    _training(pipeline.run, config, overrides, overwrite, resume, nproc, print_launch, accelerate_config, estimate)
 
 
 @app.command()
@@ -88,10 +124,28 @@ def prepare(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite:
 
 @app.command()
 def train(config: Path, overrides: Optional[list[str]] = OVERRIDES, overwrite: bool = OVERWRITE,
-          resume: bool = RESUME):
+          resume: bool = RESUME, nproc: int = NPROC, print_launch: bool = PRINT_LAUNCH,
+          accelerate_config: Optional[Path] = ACCELERATE_CONFIG, estimate: bool = ESTIMATE):
     """Prepare the data and fine-tune (no evaluation)."""
     from tunelab import pipeline
-    _guard(pipeline.train_only, _config(config, overrides), overwrite, resume)
+    _training(pipeline.train_only, config, overrides, overwrite, resume, nproc, print_launch, accelerate_config, estimate)
+
+
+@app.command()
+def estimate(config: Path, overrides: Optional[list[str]] = OVERRIDES,
+             nproc: int = typer.Option(1, "--nproc", min=1, help="Processes the run will train in"),
+             steps: int = typer.Option(4, "--steps", min=0, help="Calibration steps to measure (0: count only, "
+                                       "nothing loaded)"),
+             json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the estimate as JSON to this file")):
+    """Before training: peak memory (weights, gradients, optimizer state, activations) and wall time of CONFIG
+    on this machine, with what to change when it will not fit."""
+    from tunelab.core.rundir import atomic_write_json
+    from tunelab.estimate import stage
+
+    est = _guard(stage.for_config, _config(config, overrides), nproc, steps)
+    typer.echo(est.text())
+    if json_out is not None:
+        atomic_write_json(json_out, est.to_dict())
 
 
 @app.command("eval")

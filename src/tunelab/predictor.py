@@ -51,7 +51,7 @@ class Predictor:
         self.labels: list[str] | None = labels
         self.input_columns: list[str] = columns.get("input") or self.cfg.data.input_columns or ["text"]
         self.chat_shaped = bool(columns.get("chat"))    # trained on conversations: requests render as sent
-        self.model = load_trained(self.cfg.model, weights, self.cfg.task, labels=self.labels)
+        self.model = load_trained(self.cfg.model, weights, self.cfg.task, labels=self.labels, method=self.cfg.method)
         self.model.eval()
         self.renderer = Renderer(self.tokenizer, self.cfg)
         self.precision = choose_precision(self.cfg.train)

@@ -3,7 +3,6 @@ and the server's answers are evaluation's predictions."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from unittest import mock
 

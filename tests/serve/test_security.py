@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import httpx
 from fastapi.routing import iter_route_contexts

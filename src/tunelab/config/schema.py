@@ -126,6 +126,7 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for data order, splits and initialisation.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train: `auto` picks CUDA when available.")
+    stall_minutes: float | None = Field(30.0, gt=0, description="Stall watchdog: when training makes no progress (no micro-batch, optimizer step, validation or save) for this many minutes, print every process's stack and stop with the likely causes (a deadlocked collective, a dead rank, data imbalance, the network). None = off.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description="Extra tracking sinks fed by the Trainer's integrations (metrics.jsonl is always written): tensorboard, mlflow (MLFLOW_TRACKING_URI or a sqlite store in the runs folder), wandb (offline unless WANDB_MODE says otherwise).")
 
 

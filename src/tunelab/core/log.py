@@ -40,9 +40,12 @@ class _CliFormatter(logging.Formatter):
 
 
 def setup_cli_logging(verbose: bool = False) -> None:
-    """Print tunelab's messages to stdout, one plain line each (idempotent)."""
+    """Print tunelab's messages to stdout, one plain line each (idempotent). In a multi-process run the
+    processes other than rank 0 print only warnings and errors: rank 0 speaks for the run."""
+    from tunelab.core.ranks import process_rank
+
     logger = logging.getLogger(ROOT)
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO if process_rank() == 0 else logging.WARNING)
     if not any(getattr(h, "_tunelab_cli", False) for h in logger.handlers):
         handler = _Stdout()
         handler.setFormatter(_CliFormatter())

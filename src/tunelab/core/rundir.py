@@ -36,6 +36,7 @@ import yaml
 from tunelab import __version__
 from tunelab.config import Config, check_name, config_from_dict, dump_config
 from tunelab.core.errors import Interrupted, RunDirError, UserError
+from tunelab.core.ranks import is_main_process
 # Re-exported: stages import the crash-safe writers from here with the paths they write.
 from tunelab.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable,  # noqa: F401
                                 read_json, read_jsonl, remove_tree, sweep, write_jsonl)
@@ -386,7 +387,11 @@ class RunDir:
         Everything derived from this stage's earlier outputs (`derived`, default DERIVED[name]) is
         removed first, so nothing stale is left beside the new result; with `fresh`, so are the
         stage's own earlier outputs (a resumed stage keeps them). Yields the stage's status entry.
+        In a multi-process run only rank 0 records anything; the other processes write nothing.
         """
+        if not is_main_process():
+            yield {}
+            return
         check_writable(self.path)
         self.invalidate(tuple(DERIVED[name] if derived is None else derived) + ((name,) if fresh else ()))
         entry = {"status": "running", "started": _now(), "pid": os.getpid()}
@@ -401,6 +406,13 @@ class RunDir:
             self._record(name, entry)
             raise
         entry.update(status="complete", finished=_now(), wrote=self._present(name))
+        self._record(name, entry)
+
+    def fail_stage(self, name: str, message: str) -> None:
+        """Record the running stage `name` as failed with `message` from outside its `stage()` block
+        (the stall watchdog, about to end a process whose main thread is stuck)."""
+        entry = dict(self.status().get("stages", {}).get(name) or {})
+        entry.update(status="failed", finished=_now(), error=message[:2000])
         self._record(name, entry)
 
     def _record(self, name: str, entry: dict, running: bool = False) -> None:

@@ -60,7 +60,7 @@ def decode_file(raw: bytes, name: str, encoding: str, problems: Problems) -> Dec
     guess = None if _wide(encoding) else utf16_without_bom(raw)
     if guess:
         problems.add("utf16_without_bom", name, expected=f"{encoding} text",
-                     found=f"UTF-16 without a byte-order mark (every other byte is zero)",
+                     found="UTF-16 without a byte-order mark (every other byte is zero)",
                      hint=f"set data.encoding: {guess} (or per split: {{train: {guess}}}), or re-save the file as UTF-8")
         return None
     return _decode(raw, name, encoding, "data.encoding", problems)

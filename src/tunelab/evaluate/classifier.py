@@ -145,7 +145,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     subset = baseline_subset(cfg, test, closed=True)
     everything = list(range(len(test)))
 
-    model = load_trained(cfg.model, rd.best, cfg.task, labels)
+    model = load_trained(cfg.model, rd.best, cfg.task, labels, method=cfg.method)
     # The head sees exactly what training fed it: the templated user text, truncated the same way.
     systems.record("finetuned", everything, lambda: head_predictions(
         model, tokenizer, [renderer.user_text(r) for r in test], labels, prec, e.batch_size, cfg.data.max_length))

@@ -82,7 +82,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
                        labels if closed else None, cfg.eval.few_shot_selection)
     prompts = PromptBuilder(renderer, labels if closed else None, shots)
     gen = Generator(cfg, tokenizer, renderer, trie, prec)
-    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels)
+    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method)
     test = budget_subset(cfg, rd, test, gen, model, prompts.finetuned)
     systems = Systems(test)
     subset = baseline_subset(cfg, test, closed)

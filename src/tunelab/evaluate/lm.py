@@ -73,7 +73,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     prec, e = choose_precision(cfg.train), cfg.eval
     test = test_records(cfg, prepared)
     examples, _ = encode_split(Renderer(tokenizer, cfg), test, "test")
-    model = load_trained(cfg.model, rd.best, cfg.task)
+    model = load_trained(cfg.model, rd.best, cfg.task, method=cfg.method)
     scores, seconds = {}, {}
     for name in ("finetuned", "zero_shot"):
         start = time.time()

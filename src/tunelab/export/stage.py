@@ -170,7 +170,7 @@ def _export(cfg: Config, rd: RunDir, best: Path, out: Path, merge: bool, fmt: st
     has_tokenizer = (best / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(best) if has_tokenizer else load_tokenizer(cfg.model)
     labels = _labels(rd, best) if TASKS[cfg.task].labels == "required" else None
-    model = load_trained(cfg.model, best, cfg.task, labels=labels)
+    model = load_trained(cfg.model, best, cfg.task, labels=labels, method=cfg.method)
     # A stale file from another export (adapter vs merged) would confuse loaders: the folder is replaced whole.
     with atomic_folder(out) as tmp:
         if (best / "adapter_config.json").is_file():

@@ -14,6 +14,7 @@ The train stage uses it as:
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from typing import Callable
 
@@ -25,6 +26,7 @@ from transformers import TrainerCallback
 
 from tunelab.config import MethodConfig
 from tunelab.core.errors import UserError
+from tunelab.core.ranks import local_rank
 from tunelab.methods._adapters import add_adapters
 from tunelab.methods._layers import depth_of, split_parts, task_head_names
 from tunelab.tasks import TASKS
@@ -189,16 +191,30 @@ def _require_cuda() -> None:
         raise MethodError(QLORA_NO_CUDA)
 
 
+QLORA_NO_BITSANDBYTES = ("method.name=qlora quantises the base model with bitsandbytes, which is not installed: "
+                         "pip install 'tunelab[gpu]'")
+
+
 def load_kwargs(cfg: MethodConfig) -> dict:
-    """Extra `from_pretrained` kwargs the method needs from the model loader (qlora: a 4-bit NF4 config)."""
+    """Extra `models.load_model` kwargs the method needs (qlora: the base in 4-bit NF4 with double
+    quantization, computing in bf16 where the GPU has it, fp16 otherwise, on this process's GPU).
+
+    Raises:
+        MethodError: qlora without a CUDA device, or without bitsandbytes installed.
+    """
     if cfg.name != "qlora":
         return {}
     _require_cuda()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MethodError(QLORA_NO_BITSANDBYTES)
     from transformers import BitsAndBytesConfig  # bitsandbytes is a CUDA-only optional dependency
 
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)}
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute),
+            # The 4-bit layers live on the GPU they were quantised on: one process, one GPU.
+            "dtype": compute, "device_map": {"": torch.device("cuda", local_rank())}}
 
 
 def apply_qlora(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:

@@ -33,25 +33,58 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def _label_kwargs(task: str, num_labels: int | None, labels: list[str] | None) -> dict:
+    n = num_labels or (len(labels) if labels else None)
+    if n is None:
+        raise ConfigError("task=classification needs a closed label set in the training data")
+    extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
+    return {"num_labels": n, **extra}
+
+
+def _check_head(cfg: ModelConfig, task: str) -> None:
+    if TASKS[task].head == "causal_lm" and cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
+        raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")
+
+
 def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = None,
-               labels: list[str] | None = None, dtype=None):
-    """Load the base model with the head `TASKS[task]` declares (a causal LM, or a new sequence-classification head)."""
+               labels: list[str] | None = None, dtype=None, **from_pretrained):
+    """Load the base model with the head `TASKS[task]` declares (a causal LM, or a new sequence-classification head).
+
+    `from_pretrained` holds what a method adds to the load (qlora: `methods.load_kwargs`, a 4-bit
+    quantization config, its compute dtype and the process's GPU).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     folder = local_folder(cfg)
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype or torch.float32)
+    kw.update(from_pretrained)
+    _check_head(cfg, task)
     if TASKS[task].head == "sequence_classification":
-        n = num_labels or (len(labels) if labels else None)
-        if n is None:
-            raise ConfigError("task=classification needs a closed label set in the training data")
-        extra = {"id2label": dict(enumerate(labels)), "label2id": {l: i for i, l in enumerate(labels)}} if labels else {}
         # A checkpoint whose head has another label count (or none) gets a fresh head for this label set.
-        model = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=n, ignore_mismatched_sizes=True,
-                                                                   **extra, **kw)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, ignore_mismatched_sizes=True,
+                                                                   **_label_kwargs(task, num_labels, labels), **kw)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
         return model
-    if cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
-        raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")
     return AutoModelForCausalLM.from_pretrained(folder, **kw)
+
+
+def empty_model(cfg: ModelConfig, task: str = "sft", labels: list[str] | None = None):
+    """The base model's architecture on the meta device: every parameter's shape, no weight read or allocated
+    (what `tunelab estimate` counts before deciding whether loading the model is safe)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    _check_head(cfg, task)
+    folder = local_folder(cfg)
+    config = AutoConfig.from_pretrained(folder, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    with init_empty_weights():
+        if TASKS[task].head == "sequence_classification":
+            for key, value in _label_kwargs(task, None, labels).items():
+                setattr(config, key, value)
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+    model.tie_weights()   # from_config on the meta device leaves tied embeddings as two tensors
+    return model

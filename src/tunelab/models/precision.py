@@ -91,36 +91,60 @@ class Precision:
         return torch.autocast(self.device, dtype=dtype, enabled=dtype is not None)
 
 
+def device_of(cfg: TrainConfig) -> str:
+    """"cuda" or "cpu" from `train.device` (auto: CUDA when a device is visible).
+
+    Raises:
+        ConfigError: CUDA asked but absent.
+    """
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
+    return "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and cuda)) else "cpu"
+
+
 def choose(cfg: TrainConfig) -> Precision:
     """Pick device and precision from `train.device` and `train.precision`.
 
     Raises:
         ConfigError: fp16 on CPU (it is emulated and slower than fp32 there), CUDA asked but absent.
     """
-    cuda = torch.cuda.is_available()
-    if cfg.device == "cuda" and not cuda:
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=auto or cpu")
-    device = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and cuda)) else "cpu"
-    if device == "cpu":
-        flags = cpu_bf16_flags()
-        if cfg.precision == "fp16":
-            raise ConfigError("train.precision=fp16 is not supported on CPU; use auto, bf16 or fp32")
-        if cfg.precision == "bf16":
-            why = f"CPU has {', '.join(flags)}" if flags else "this CPU has no bf16 instructions: slow"
-            return Precision("cpu", True, False, f"bf16 autocast as asked ({why})")
-        if cfg.precision == "fp32":
-            return Precision("cpu", False, False, "fp32 as asked")
-        if not flags:
-            return Precision("cpu", False, False, "fp32: this CPU has no AVX512-BF16/AMX")
-        speedup = bf16_speedup()
-        if "amx_bf16" in flags or speedup >= 1.1:
-            return Precision("cpu", True, False, f"bf16 autocast: CPU has {', '.join(flags)}; "
-                                                 f"measured bf16 matmul {speedup:.2f}x fp32")
-        return Precision("cpu", False, False, f"fp32: CPU has {', '.join(flags)} but no AMX, and bf16 matmuls "
-                                              f"measured {speedup:.2f}x fp32 here (train.precision=bf16 forces it)")
+    if device_of(cfg) == "cuda":
+        return _choose_gpu(cfg)
+    flags = cpu_bf16_flags()
+    if cfg.precision == "fp16":
+        raise ConfigError("train.precision=fp16 is not supported on CPU; use auto, bf16 or fp32")
+    if cfg.precision == "bf16":
+        why = f"CPU has {', '.join(flags)}" if flags else "this CPU has no bf16 instructions: slow"
+        return Precision("cpu", True, False, f"bf16 autocast as asked ({why})")
+    if cfg.precision == "fp32":
+        return Precision("cpu", False, False, "fp32 as asked")
+    if not flags:
+        return Precision("cpu", False, False, "fp32: this CPU has no AVX512-BF16/AMX")
+    speedup = bf16_speedup()
+    if "amx_bf16" in flags or speedup >= 1.1:
+        return Precision("cpu", True, False, f"bf16 autocast: CPU has {', '.join(flags)}; "
+                                             f"measured bf16 matmul {speedup:.2f}x fp32")
+    return Precision("cpu", False, False, f"fp32: CPU has {', '.join(flags)} but no AMX, and bf16 matmuls "
+                                          f"measured {speedup:.2f}x fp32 here (train.precision=bf16 forces it)")
+
+
+def _choose_gpu(cfg: TrainConfig) -> Precision:
+    """bf16 on GPUs that run it (Ampere and later), fp16 with loss scaling on older ones, fp32 when asked.
+
+    fp16 has too little range for gradients: the Trainer scales the loss dynamically (a GradScaler)
+    whenever `fp16=True`, which is what Precision.fp16 turns on.
+    """
+    name = torch.cuda.get_device_name()
+    major, minor = torch.cuda.get_device_capability()
+    gpu = f"{name} (compute capability {major}.{minor})"
     bf16_ok = torch.cuda.is_bf16_supported()
+    if cfg.precision == "fp32":
+        return Precision("cuda", False, False, f"fp32 as asked on {gpu}")
+    if cfg.precision == "bf16" and not bf16_ok:
+        raise ConfigError(f"train.precision=bf16 but {gpu} does not support bf16; use auto (fp16 with loss "
+                          "scaling) or fp32")
     if cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_ok):
-        return Precision("cuda", True, False, "bf16 autocast on GPU")
-    if cfg.precision == "fp16" or cfg.precision == "auto":
-        return Precision("cuda", False, True, "fp16 autocast: this GPU has no bf16")
-    return Precision("cuda", False, False, "fp32 as asked")
+        return Precision("cuda", True, False, f"bf16 autocast: {gpu} supports bf16")
+    why = "as asked" if cfg.precision == "fp16" else "this GPU has no bf16"
+    return Precision("cuda", False, True, f"fp16 autocast with dynamic loss scaling ({why}) on {gpu}")

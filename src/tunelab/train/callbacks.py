@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from tunelab.core.ranks import is_main_process
 from tunelab.core.rundir import RunDir, atomic_folder
 from tunelab.methods import save_trained
 from tunelab.train.trainer import DIVERGENCE_CAUSES, TrainingStopped
@@ -55,6 +57,7 @@ class BestCheckpoint(TrainerCallback, ExportableState):
         self.out, self.tokenizer = out, tokenizer
         self.patience, self.min_delta = patience, min_delta
         self.best_loss, self.best_step, self.bad = math.inf, None, 0
+        self.accelerator = None   # the Trainer's, set once it exists: sharded weights are gathered through it
 
     def state(self) -> dict:
         # No "args": the stock restore (restore_callback_states_from_checkpoint) would rebuild the
@@ -71,11 +74,13 @@ class BestCheckpoint(TrainerCallback, ExportableState):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         loss = (metrics or {}).get("eval_loss")
-        if loss is None or not state.is_world_process_zero:
+        if loss is None:
             return
+        # Every process takes the same decision (the validation loss is summed across processes): an
+        # early stop on rank 0 alone would leave the others waiting in the next step's all-reduce.
         if loss < self.best_loss - self.min_delta:
             self.best_loss, self.best_step, self.bad = loss, state.global_step, 0
-            save_model(model, self.tokenizer, self.out, step=state.global_step)
+            save_model(model, self.tokenizer, self.out, step=state.global_step, accelerator=self.accelerator)
         else:
             self.bad += 1
             if self.patience is not None and self.bad >= self.patience:
@@ -84,8 +89,18 @@ class BestCheckpoint(TrainerCallback, ExportableState):
                 control.should_training_stop = True
 
 
-def save_model(model, tokenizer, out: Path, step: int | None = None) -> None:
-    """Save adapter or weights (safetensors) + tokenizer with its chat template to `out`, atomically."""
+def save_model(model, tokenizer, out: Path, step: int | None = None, accelerator=None) -> None:
+    """Save adapter or weights (safetensors) + tokenizer with its chat template to `out`, atomically.
+
+    In a multi-process run every process calls it: weights sharded across processes (FSDP, DeepSpeed)
+    are gathered first through the Trainer's `accelerator` (a collective), and rank 0 alone writes.
+    """
+    state = None
+    if accelerator is not None and accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        state = accelerator.get_state_dict(model)
+        model = accelerator.unwrap_model(model)
+    if not is_main_process():
+        return
     with atomic_folder(out, {"step": step}) as tmp:
-        save_trained(model, tmp)
+        save_trained(model, tmp, state_dict=state)
         tokenizer.save_pretrained(tmp)

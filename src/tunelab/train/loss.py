@@ -25,21 +25,28 @@ from tunelab.train.collate import token_counts
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
+def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DistributedDataParallel (which neither forwards attributes nor has a `config`)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
 def _base_forward_params(model: torch.nn.Module) -> set[str]:
-    """Parameter names of the innermost causal LM's forward (through PEFT and accelerate wrappers)."""
-    inner = model
-    for attr in ("get_base_model", "module"):
-        getter = getattr(inner, attr, None)
-        if callable(getter):
-            inner = getter()
-        elif isinstance(getter, torch.nn.Module):
-            inner = getter
+    """Parameter names of the innermost causal LM's forward (through DDP and PEFT wrappers)."""
+    inner = unwrap_ddp(model)
+    # DDP's `module` is itself callable, so the wrapper is unwrapped by type first, never called.
+    while callable(getattr(inner, "get_base_model", None)):
+        base = inner.get_base_model()
+        if base is inner:
+            break
+        inner = unwrap_ddp(base)
     return set(inspect.signature(inner.forward).parameters)
 
 
 def _prompt_learning(model: torch.nn.Module) -> bool:
     """True for PEFT prompt learning (prompt tuning etc.), which prepends virtual tokens to every row."""
-    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+    return bool(getattr(getattr(unwrap_ddp(model), "active_peft_config", None), "is_prompt_learning", False))
 
 
 def _selective_ok(model: torch.nn.Module) -> bool:
@@ -61,7 +68,7 @@ def _model_inputs(model: torch.nn.Module, inputs: dict) -> dict:
     out = {k: inputs[k] for k in _MODEL_KEYS if k in inputs}
     mask = out.get("attention_mask")
     if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool:
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+        impl = getattr(getattr(unwrap_ddp(model), "config", None), "_attn_implementation", None) or "sdpa"
         if impl == "eager":  # eager adds the mask to the scores; sdpa takes booleans as they are
             out["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
         elif impl != "sdpa":

@@ -15,15 +15,17 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from tunelab.config import Config
 from tunelab.core.errors import Interrupted
+from tunelab.core.ranks import is_main_process, launched, local_world_size
 from tunelab.core.rundir import RunDir, remove_tree
 from tunelab.data import Prepared, load_prepared
-from tunelab.methods import apply_method, describe_trainable, method_callbacks, param_groups
+from tunelab.methods import MethodError, apply_method, describe_trainable, load_kwargs, method_callbacks, param_groups
 from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
 from tunelab.tasks import TASKS
-from tunelab.train import checkpoints, tracking
+from tunelab.train import checkpoints, distributed, tracking
 from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
 from tunelab.train.render import Renderer, check_batch
 from tunelab.train.trainer import TunelabTrainer
+from tunelab.train.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def training_args(cfg: Config, rd: RunDir, prec: Precision) -> TrainingArguments
         save_strategy="steps" if t.save_every else "no", save_steps=t.save_every or 500, save_total_limit=None,
         bf16=prec.bf16, fp16=prec.fp16, use_cpu=prec.device == "cpu",
         seed=t.seed, data_seed=t.seed, dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=False, **tracking.configure(t.report_to, rd, cfg.name),
+        disable_tqdm=False, ddp_timeout=distributed.DDP_TIMEOUT_S, **tracking.configure(t.report_to, rd, cfg.name),
     )
 
 
@@ -87,7 +89,9 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         if point is not None:
             entry["resumed_from"] = point.folder.name
         prec = choose_precision(cfg.train)
-        torch.set_num_threads(cfg.train.threads or os.cpu_count() or 1)
+        distributed.setup(prec.device)
+        check_distributed(cfg)
+        torch.set_num_threads(threads(cfg))
         set_seed(cfg.train.seed)
         log.info(f"precision: {prec.reason}")
         renderer = Renderer(tokenizer, cfg)
@@ -106,9 +110,7 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
                               f"{trainer.state.global_step}; a resumable checkpoint is in {rd.checkpoints}. "
                               f"Continue with `tunelab train {rd.path} --resume` (or `tunelab run ... --resume`)",
                               stop.received)
-        result = finish(cfg, rd, trainer, best, prec, about, enc_stats)
-        remove_tree(rd.checkpoints)   # the run is whole: best/ and last/ hold what training produced
-        return result
+        return finish(cfg, rd, trainer, best, prec, about, enc_stats)
 
 
 def _mark_checkpoints(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint,
@@ -117,6 +119,25 @@ def _mark_checkpoints(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: Be
     trainer.add_callback(checkpoints.CheckpointMarker(rd, cfg.train.keep_checkpoints,
                                                       lambda: {**about, "counters": trainer.counters()},
                                                       lambda: best.best_step))
+
+
+def threads(cfg: Config, processes: int | None = None) -> int:
+    """torch threads for one process: train.threads, else the machine's cores shared by its `processes`
+    (default: the processes of this launch on this machine)."""
+    return cfg.train.threads or max(1, (os.cpu_count() or 1) // (processes or local_world_size()))
+
+
+def check_distributed(cfg: Config) -> None:
+    """Refuse what DDP cannot do.
+
+    Raises:
+        MethodError: gradual unfreezing in several processes (DDP registers the trainable parameters
+            once, when it wraps the model: a layer unfrozen later would train apart in each process).
+    """
+    if launched() and cfg.method.name == "gradual_unfreeze":
+        raise MethodError("method.name=gradual_unfreeze changes which parameters train during training, which DDP "
+                          "cannot follow (it registers the trainable parameters once); train it in one process, or "
+                          "use method.name: freeze with trainable_layers")
 
 
 def validation_subset(cfg: Config, val_ex: list[dict]) -> list[dict]:
@@ -130,10 +151,11 @@ def validation_subset(cfg: Config, val_ex: list[dict]) -> list[dict]:
 
 def build_model(cfg: Config, rd: RunDir, prepared: Prepared) -> tuple[torch.nn.Module, dict]:
     """The base model with the method applied; what it trains is logged and written to trainable.json."""
-    model = load_model(cfg.model, cfg.task, labels=prepared.labels)
+    model = load_model(cfg.model, cfg.task, labels=prepared.labels, **load_kwargs(cfg.method))
     model = apply_method(model, cfg.method, cfg.task)
     about = describe_trainable(model, cfg.method, cfg.train)
-    rd.write_trainable(about)
+    if is_main_process():
+        rd.write_trainable(about)
     log.info(f"trainable parameters: {about['trainable']:,} of {about['total']:,} "
              f"({100 * about['trainable'] / about['total']:.2f}%), lr {cfg.train.lr:g}"
              + (f", LoRA scale {about['lora_scale']:g}" if about.get("lora_scale") else ""))
@@ -162,8 +184,17 @@ def build_trainer(cfg: Config, rd: RunDir, model, tokenizer, renderer: Renderer,
         model=model, args=training_args(cfg, rd, prec), train_dataset=train_ex,
         eval_dataset=val_ex, data_collator=collator, processing_class=tokenizer,
         optimizers=(optimizer, None), objective=task.objective, zero_loss_steps=cfg.train.zero_loss_steps,
-        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method), *callbacks])
+        callbacks=[RunLog(rd), best, GradientGuard(model), *method_callbacks(model, cfg.method),
+                   StallWatchdog(cfg.train.stall_minutes, on_stall=_stall_recorder(rd)), *callbacks])
+    best.accelerator = trainer.accelerator
     return trainer, best
+
+
+def _stall_recorder(rd: RunDir):
+    """What the stall watchdog calls before it ends the process: rank 0 records the stall in status.json."""
+    if not is_main_process():
+        return None
+    return lambda message: rd.fail_stage("train", message)
 
 
 def finish(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoint, prec: Precision,
@@ -173,18 +204,23 @@ def finish(cfg: Config, rd: RunDir, trainer: TunelabTrainer, best: BestCheckpoin
     evaluated = [h["step"] for h in trainer.state.log_history if "eval_loss" in h]
     if not evaluated or evaluated[-1] != trainer.state.global_step:
         trainer.evaluate()   # judge the final weights too, so best/ is the best of every state reached
-    save_model(trainer.model, trainer.processing_class, rd.last, step=trainer.state.global_step)
-    if not rd.best.exists():
-        shutil.copytree(rd.last, rd.best)
+    tokens, supervised = trainer.token_totals()   # summed over every process
     stats = {
-        "tokens_per_second": round(trainer.tokens_seen / wall, 1),
-        "supervised_tokens_per_second": round(trainer.supervised_seen / wall, 1),
+        "tokens_per_second": round(tokens / wall, 1),
+        "supervised_tokens_per_second": round(supervised / wall, 1),
         "wall_seconds": round(wall, 1), "steps": trainer.state.global_step,
         "best_step": best.best_step, "best_eval_loss": None if best.best_step is None else round(best.best_loss, 5),
         "train_loss": round(trainer.run_loss(), 5), "examples": len(trainer.train_dataset),
-        "tokens": trainer.tokens_seen, "precision": prec.reason, "trainable_params": about["trainable"],
-        "total_params": about["total"], **enc_stats,
+        "tokens": tokens, "precision": prec.reason, "trainable_params": about["trainable"],
+        "total_params": about["total"], "processes": trainer.args.world_size, **enc_stats,
     }
+    save_model(trainer.model, trainer.processing_class, rd.last, step=trainer.state.global_step,
+               accelerator=trainer.accelerator)
+    if not is_main_process():   # the run folder is rank 0's to write
+        return TrainResult(stats, trainer.model)
+    if not rd.best.exists():
+        shutil.copytree(rd.last, rd.best)
+    remove_tree(rd.checkpoints)   # the run is whole: best/ and last/ hold what training produced
     rd.set_metrics("train", stats)
     log.info(f"trained {stats['steps']} steps in {wall:.0f}s ({stats['tokens_per_second']:.0f} tokens/s); "
              f"best validation loss {stats['best_eval_loss']} at step {stats['best_step']}")

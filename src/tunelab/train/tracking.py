@@ -23,15 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, MutableMapping, Sequence
 
+from tunelab.core.ranks import process_rank
 from tunelab.core.rundir import RunDir
 
 SINKS = ("tensorboard", "mlflow", "wandb")
-
-
-def process_rank(environ: MutableMapping[str, str] | None = None) -> int:
-    """Global rank from the launcher's environment (torchrun / accelerate set RANK); 0 when alone."""
-    environ = os.environ if environ is None else environ
-    return int(environ.get("RANK", environ.get("LOCAL_RANK", "0")) or 0)
 
 
 def check_installed(report_to: Sequence[str]) -> None:

@@ -8,7 +8,8 @@ Subclassed for four measured needs, each said where it lives:
   gradient accumulation were mis-scaled);
 - `training_step`: the divergence guards need every micro-batch's loss, not only logged ones;
 - `evaluate`: validation loss weighted by supervised tokens (the stock loop averages per-batch means,
-  which over-weights short batches), without gathering logits;
+  which over-weights short batches), without gathering logits; under DDP each process evaluates its
+  share and the sums are reduced across processes;
 - `counters` / `restore_counters` / `log`: a resumed run reports whole-run figures (tokens seen, mean
   training loss, wall time); the stock Trainer restarts those sums at the resumed step.
 Everything else (optimizer, schedule, accumulation, precision, progress bar with ETA) is the Trainer's.
@@ -20,9 +21,11 @@ import math
 import time
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from tunelab.core.errors import UserError
+from tunelab.train import distributed
 
 DIVERGENCE_CAUSES = """likely causes:
   - learning rate too high for this method (try train.lr 10x smaller; LoRA usually 1e-4..5e-4, full fine-tuning 1e-5..5e-5)
@@ -123,23 +126,40 @@ class TunelabTrainer(Trainer):
                                   f"stopping.\n{ZERO_LOSS_CAUSES}")
         return loss
 
+    def token_totals(self) -> tuple[int, int]:
+        """(tokens trained on, supervised tokens) summed over every process (a collective under DDP)."""
+        tokens, supervised = distributed.sum_across([self.tokens_seen, self.supervised_seen])
+        return int(tokens), int(supervised)
+
+    def _eval_shard(self, eval_dataset) -> DataLoader:
+        """This process's share of the validation set: every world_size-th example, no padding.
+
+        Not the stock sharded loader: accelerate evens out the shards by repeating examples, which a
+        summed loss would count twice (the stock loop drops them again after gathering logits).
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        rank, world = self.args.process_index, self.args.world_size
+        part = [dataset[i] for i in range(rank, len(dataset), world)]
+        return DataLoader(part, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator)
+
     @torch.no_grad()
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """Validation loss = summed loss / supervised items over the whole validation set."""
-        loader = self.get_eval_dataloader(eval_dataset)
+        """Validation loss = summed loss / supervised items over the whole validation set, summed over
+        every process (each evaluates its own share), so all processes see the same numbers."""
         model = self.model
         model.eval()
-        total, count, correct, start = 0.0, 0, None, time.time()
-        for batch in loader:
+        total, count, correct, with_accuracy, start = 0.0, 0, 0, 0, time.time()
+        for batch in self._eval_shard(eval_dataset):
             batch = self._prepare_inputs(batch)
             with self.autocast_smart_context_manager():
                 loss_sum, n, right = self.objective.validation(model, batch)
             total, count = total + loss_sum, count + n
             if right is not None:
-                correct = (correct or 0) + right
+                correct, with_accuracy = correct + right, 1
+        total, count, correct, with_accuracy = distributed.sum_across([total, count, correct, with_accuracy])
         metrics = {f"{metric_key_prefix}_loss": total / max(count, 1),
                    f"{metric_key_prefix}_runtime": round(time.time() - start, 3)}
-        if correct is not None:
+        if with_accuracy:
             metrics[f"{metric_key_prefix}_accuracy"] = correct / max(count, 1)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
