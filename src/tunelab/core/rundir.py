@@ -13,6 +13,8 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     data/{train,validation,test}.jsonl  data/manifest.json  data/dropped.jsonl  data/report.md
     metrics.jsonl (every logged step)  metrics.json (final numbers by section)
     checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
+    monitor/{status.json,report.html,windows.jsonl,candidates.jsonl,reference.json}  retrain_recommendation.json
+    retrain/{new_train,new_holdout,old_test}.jsonl  retrain.json (a challenger's comparison)  promoted.json
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tunelab.config import Config, check_name, config_from_dict, dump_config
 from tunelab.core.errors import RunDirError, UserError
 
 SPLITS = ("train", "validation", "test")
-STAGES = ("prepare", "train", "evaluate", "report", "export")
+STAGES = ("prepare", "train", "evaluate", "report", "export", "monitor")
 
 # What each stage writes: file or folder names, and ("metrics", section) for parts of metrics.json.
 OUTPUTS: dict[str, tuple] = {
@@ -44,14 +46,16 @@ OUTPUTS: dict[str, tuple] = {
                  ("metrics", "evaluation")),
     "report": ("report.md", "report.html", "loss.png"),
     "export": ("export",),
+    "monitor": ("monitor", "retrain_recommendation.json"),
 }
 # The stages whose outputs are derived from a stage's outputs: re-running the stage removes them.
 DERIVED: dict[str, tuple[str, ...]] = {
-    "prepare": ("train", "evaluate", "report", "export"),
-    "train": ("evaluate", "report", "export"),
+    "prepare": ("train", "evaluate", "report", "export", "monitor"),
+    "train": ("evaluate", "report", "export", "monitor"),
     "evaluate": ("report", "export"),
     "report": (),
     "export": (),
+    "monitor": (),
 }
 # Stages whose outcome is the run's outcome; an export that fails leaves the run as it was.
 LIFECYCLE = ("prepare", "train", "evaluate", "report")
@@ -235,6 +239,29 @@ class RunDir:
     def export_dir(self) -> Path: return self.path / "export"
     @property
     def tensorboard_dir(self) -> Path: return self.path / "tensorboard"
+    @property
+    def monitor_dir(self) -> Path: return self.path / "monitor"
+    @property
+    def monitor_status(self) -> Path: return self.monitor_dir / "status.json"
+    @property
+    def monitor_report(self) -> Path: return self.monitor_dir / "report.html"
+    @property
+    def monitor_windows(self) -> Path: return self.monitor_dir / "windows.jsonl"
+    @property
+    def monitor_candidates(self) -> Path: return self.monitor_dir / "candidates.jsonl"
+    @property
+    def monitor_reference(self) -> Path: return self.monitor_dir / "reference.json"
+    @property
+    def retrain_recommendation(self) -> Path: return self.path / "retrain_recommendation.json"
+    @property
+    def retrain_dir(self) -> Path: return self.path / "retrain"
+    def retrain_part(self, part: str) -> Path:
+        """Data a retrain wrote for its challenger: `new_train`, `new_holdout` or `old_test` (JSONL records)."""
+        return self.retrain_dir / f"{part}.jsonl"
+    @property
+    def retrain_json(self) -> Path: return self.path / "retrain.json"
+    @property
+    def promoted_path(self) -> Path: return self.path / "promoted.json"
     @property
     def mlflow_db(self) -> Path: return self.path.parent / "mlflow.db"   # shared by the runs of one folder
 
