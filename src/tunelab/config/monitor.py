@@ -19,7 +19,7 @@ REFUSALS = [r"\bI(?:'m| am) (?:sorry|unable|not able)\b", r"\bI (?:can(?:no|')t|
 
 class MonitorConfig(Section):
     alpha: float = Field(0.05, gt=0.0, lt=0.5, description="False-alarm rate per window: the statistical checks of a window share it (Bonferroni), and a check fires when its p-value is below alpha / (tests run on the window).")
-    window: int = Field(200, ge=20, description="Requests per window (successful requests of the monitored model). The documented power (docs/monitoring.md) is for 200.")
+    window: int = Field(200, ge=20, description="Requests of the monitored model per window (any status; drift checks use the answered ones). The documented power (docs/monitoring.md) is for 200.")
     step: int = Field(100, ge=1, description="Requests between the starts of consecutive windows (window = step: disjoint windows).")
     consecutive: int = Field(2, ge=1, description="A retrain recommendation needs drift or a quality decline in this many consecutive windows (one noisy window is not enough).")
     reference_size: int = Field(1000, ge=50, description="Training inputs sampled (seeded) as the reference the windows are compared with.")
@@ -40,7 +40,7 @@ class MonitorConfig(Section):
     candidates: int = Field(200, ge=0, description="Drifted inputs listed in the retrain recommendation for labelling (the least training-like first).")
     live_every_requests: int = Field(200, ge=0, description="`tunelab serve`: run the checks on the latest window after this many new requests (0: never by count).")
     live_every_s: float = Field(300.0, ge=0.0, description="`tunelab serve`: run the checks at most this often and at least this often while traffic arrives (0: never by time).")
-    live: bool = Field(True, description="`tunelab serve`: run the checks inside the server and export them as gauges on /metrics (needs serve.log_prompts for input drift).")
+    live: bool = Field(False, description="`tunelab serve`: run the checks inside the server on the newest window and export them as `tunelab_monitor_*` gauges on /metrics (also `tunelab serve --monitor`). Off by default: the embedding checks load the encoder (~90 MB) and take CPU from answering. Input drift needs serve.log_prompts.")
     holdout_fraction: float = Field(0.3, gt=0.0, lt=0.9, description="`tunelab retrain`: share of the new labelled data held out (stratified, seeded) to compare champion and challenger on.")
     seed: int = Field(0, description="Seed for the reference sample, permutations and cross-validation folds.")
 

@@ -264,9 +264,18 @@ class RunDir:
     def retrain_recommendation(self) -> Path: return self.path / "retrain_recommendation.json"
     @property
     def retrain_dir(self) -> Path: return self.path / "retrain"
+    @property
+    def retrain_new(self) -> Path: return self.retrain_dir / "new"                # copies of the new labelled files
+    @property
+    def retrain_new_data(self) -> DataDir: return DataDir(self.retrain_dir / "new_prepared")
+    @property
+    def retrain_test(self) -> Path: return self.retrain_dir / "test"              # old test + new held-out part
+
     def retrain_part(self, part: str) -> Path:
-        """Data a retrain wrote for its challenger: `new_train`, `new_holdout` or `old_test` (JSONL records)."""
-        return self.retrain_dir / f"{part}.jsonl"
+        """A file of a challenger's data in its run's columns: `train`, `validation` (under retrain/), or
+        `old_test`, `new_holdout` (under retrain/test/, which the challenger's data.test names)."""
+        folder = self.retrain_test if part in ("old_test", "new_holdout") else self.retrain_dir
+        return folder / f"{part}.jsonl"
     @property
     def retrain_json(self) -> Path: return self.path / "retrain.json"
     @property
