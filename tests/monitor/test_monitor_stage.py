@@ -30,7 +30,7 @@ def _traffic(project, n_seen: int, n_unseen: int, model: str = "bank", log_promp
     # Prompt tokens as the server counts them for a classification head: the text, truncated at max_length.
     count = lambda t: len(tok(t, truncation=True, max_length=32)["input_ids"])  # noqa: E731
     return [entry(t, l, i=offset + i, model=model, log_prompts=log_prompts, prompt_tokens=count(t),
-                  route="/v1/classifications", probability=0.9) for i, (t, l) in enumerate(texts)]
+                  route="/v1/classifications") for i, (t, l) in enumerate(texts)]
 
 
 def test_quiet_on_same_distribution_then_flags_the_unseen_intent(intents_project, champion, tmp_path):
@@ -84,6 +84,8 @@ def test_feedback_quality_decline_and_dropped_rows(intents_project, champion, tm
     bad.write_text("text,category\nhello,card_arrival\n")
     with pytest.raises(Exception, match="nofield.csv:1 \\[request_id\\]"):
         stage.run(RunDir(champion), [log], feedback=bad)
+    assert RunDir(champion).monitor_report.is_file()      # the last good report stays
+    assert RunDir(champion).stage_state("monitor") == "failed"
 
 
 def test_step_larger_than_window_is_a_config_error():

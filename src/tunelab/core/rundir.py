@@ -472,6 +472,10 @@ class RunDir:
                 out.append(o + ("/" if (self.path / o).is_dir() else ""))
         return out
 
+    def model_stamp(self) -> str | None:
+        """When `best/` was completed (its marker's time): changes whenever the run's model does."""
+        return (read_json(self.best / MODEL_MARKER) or {}).get("written")
+
     def require_trained(self, allow_incomplete: bool = False) -> Path:
         """The `best/` model folder of a run whose training completed.
 

@@ -76,7 +76,7 @@ def input_checks(ref: Reference, ok: list[dict], cfg: MonitorConfig, encoder, rn
     if len(lengths) < MIN_SAMPLE:
         out.append(_skip("length", f"{len(lengths)} single-input requests (< {MIN_SAMPLE})", len(lengths)))
     else:
-        res = stats.binned_shift(ref.lengths, np.asarray(lengths))
+        res = stats.binned_shift(ref.lengths, np.asarray(lengths), rng)
         out.append(Check("length", res.value, None, cfg.psi_min, res.p, len(lengths), res.value >= cfg.psi_min))
     texts = [r["input"] for r in ok if single(r) and r.get("input") is not None]
     names = ("embedding_mmd", "domain_classifier", "vocabulary")
@@ -95,7 +95,7 @@ def input_checks(ref: Reference, ok: list[dict], cfg: MonitorConfig, encoder, rn
     fracs, unknown, total = stats.oov_fractions(texts, ref.vocabulary)
     rate = unknown / max(total, 1)
     out.append(Check("vocabulary", rate, ref.oov_rate, ref.oov_rate + cfg.oov_min_increase,
-                     stats.greater(fracs, ref.oov), len(texts), rate - ref.oov_rate >= cfg.oov_min_increase))
+                     stats.greater(fracs, ref.oov, rng), len(texts), rate - ref.oov_rate >= cfg.oov_min_increase))
     return out
 
 
@@ -143,7 +143,7 @@ def _label_checks(ref: Reference, ok: list[dict], cfg: MonitorConfig, rng: np.ra
         base = float(ref.confidence.mean())
         drop = base - float(probs.mean())
         out.append(Check("confidence", float(probs.mean()), base, base - cfg.confidence_drop,
-                         stats.greater(-probs, -ref.confidence), len(probs), drop >= cfg.confidence_drop))
+                         stats.greater(-probs, -ref.confidence, rng), len(probs), drop >= cfg.confidence_drop))
     return out
 
 

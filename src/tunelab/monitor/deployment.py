@@ -39,7 +39,7 @@ def active_run(root: RunDir) -> tuple[RunDir, datetime | None]:
     if not doc.get("active"):
         return root, None
     path = Path(doc["active"])
-    if not (path / "config.yaml").is_file():
+    if not RunDir(path).is_run():
         raise RunDirError(f"{root.promoted_path} names {path} as the model answering for {root.name!r}, but that run "
                           "folder is gone; restore it, or delete promoted.json to serve the original run again")
     return RunDir.open(path), datetime.fromisoformat(doc["promoted"].replace("Z", "+00:00"))

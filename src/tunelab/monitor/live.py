@@ -26,7 +26,7 @@ from tunelab.config.monitor import MonitorConfig
 from tunelab.core.rundir import RunDir
 from tunelab.monitor import deployment
 from tunelab.monitor.checks import check_window
-from tunelab.monitor.reference import from_run
+from tunelab.monitor.reference import attach_confidence, from_run
 from tunelab.monitor.traffic import MODEL_ROUTES
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ class LiveMonitor:
             window, seen = list(self.buffers[model]), self.seen[model]
             self.checked_at[model], self.last_check[model] = seen, time.monotonic()
         if model not in self.references:
-            self.references[model] = from_run(deployment.active_run(self.roots[model])[0], cfg)
+            active = deployment.active_run(self.roots[model])[0]
+            ref = self.references[model] = from_run(active, cfg)
+            if ref.labels and any(r.get("label_probability") is not None for r in window):
+                attach_confidence(ref, active, cfg)
         encoder = None
         if any(r.get("input") is not None for r in window):
             if model not in self.encoders:

@@ -18,7 +18,7 @@ import numpy as np
 
 from tunelab.config import Config
 from tunelab.config.monitor import MonitorConfig
-from tunelab.core.rundir import RunDir
+from tunelab.core.rundir import RunDir, atomic_write_json, read_json
 from tunelab.data.clean import redact_pii
 from tunelab.monitor import stats
 from tunelab.tasks import TASKS
@@ -152,6 +152,46 @@ def from_run(rd: RunDir, cfg: MonitorConfig, max_lengths: int = 5000) -> Referen
              + (f", {len(labels)} labels" + (" through the test confusion matrix" if confusion is not None else "")
                 if labels else ""))
     return ref
+
+
+def model_confidence(rd: RunDir, records: list[dict]) -> np.ndarray | None:
+    """The run's top-label probability for each record, computed as `tunelab serve` computes the
+    `label_probability` it logs (serve/served.py): the classification head's softmax, or for a label-set
+    run the constrained label probabilities of the decoder. None for runs that answer free text."""
+    from tunelab.predictor import Predictor
+
+    p = Predictor(rd.path)
+    if p.task.serving == "classify":
+        from tunelab.evaluate.classifier import head_probabilities
+
+        probs = head_probabilities(p.model, p.tokenizer, [p.user_text(r) for r in records], p.precision,
+                                   p.cfg.eval.batch_size, p.cfg.data.max_length)
+        return probs.max(-1).values.numpy() if len(records) else np.zeros(0)
+    if p.trie is None:
+        return None
+    from tunelab.evaluate.decoding import Decoder
+
+    decoder = Decoder(p.model, p.precision, p.tokenizer.pad_token_id, p.renderer.end_ids)
+    return np.asarray([max(decoder.label_scores(p.prompt_ids(r), p.trie)[1]) for r in records])
+
+
+def attach_confidence(ref: Reference, rd: RunDir, cfg: MonitorConfig, limit: int = 300) -> None:
+    """The reference confidence: the model's top-label probabilities on (a seeded sample of at most
+    `limit` of) its validation inputs, held out from training like production traffic. Cached in
+    monitor/reference.json until the run's model changes."""
+    stamp = rd.model_stamp()
+    cached = read_json(rd.monitor_reference)
+    if cached.get("model") == stamp and cached.get("limit") == limit and cached.get("confidence") is not None:
+        ref.confidence = np.asarray(cached["confidence"], float)
+        return
+    records = rd.data.splits()["validation"] or rd.data.splits()["test"]
+    records = records if len(records) <= limit else random.Random(cfg.seed).sample(records, limit)
+    values = model_confidence(rd, records)
+    if values is None:
+        return
+    ref.confidence = values
+    atomic_write_json(rd.monitor_reference, {"model": stamp, "limit": limit, "confidence": values.round(6).tolist()})
+    log.info(f"reference confidence: mean top-label probability {values.mean():.3f} on {len(values)} validation inputs")
 
 
 def raise_missing(rd: RunDir) -> None:

@@ -19,33 +19,37 @@ FAMILY_TITLES = {"input": "Input drift", "output": "Output drift", "operations":
 
 
 def _signal_figure(windows, names: list[str], at: int | None):
-    """One panel per signal: its value at each window's end, the threshold dashed, fired windows in red."""
+    """One panel per signal, two per row: its value at each window's end, the threshold dashed, the
+    reference dotted, fired windows in red, the detecting window shaded."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    rows = (len(names) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         pts = [(w.end, w.check(name)) for w in windows if w.check(name) and w.check(name).skipped is None]
-        ax.set_title(TITLES[name], fontsize=8.5)
-        ax.set_xlabel("requests seen", fontsize=8)
+        ax.set_title(TITLES[name], fontsize=10)
         if not pts:
-            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="#999")
+            ax.set_axis_off()
+            why = next((w.check(name).skipped for w in reversed(windows) if w.check(name)), "")
+            ax.text(0.5, 0.5, f"not run: {why}", ha="center", va="center", wrap=True, color="#777", fontsize=9)
             continue
         xs, checks = [x for x, _ in pts], [c for _, c in pts]
-        ax.plot(xs, [c.value for c in checks], "o-", ms=3, lw=1, color="#1f77b4")
+        ax.plot(xs, [c.value for c in checks], "o-", ms=3, lw=1, color="#1f77b4", label="value")
         hot = [(x, c.value) for x, c in pts if c.fired]
         if hot:
             ax.plot(*zip(*hot), "o", ms=6, color="#b42318", label="fired")
-        limits = [c.threshold for c in checks if c.threshold is not None]
-        if limits:
+        if any(c.threshold is not None for c in checks):
             ax.plot(xs, [c.threshold for c in checks], "--", color="#b42318", lw=1, label="threshold")
-        refs = [c.reference for c in checks if c.reference is not None]
-        if refs:
+        if any(c.reference is not None for c in checks):
             ax.plot(xs, [c.reference for c in checks], ":", color="#555", lw=1, label="reference")
         if at is not None:
-            ax.axvline(windows[at].end, color="#b42318", alpha=0.3, lw=6)
-        ax.tick_params(labelsize=7)
+            ax.axvline(windows[at].end, color="#b42318", alpha=0.25, lw=6)
+        ax.set_xlabel("requests seen", fontsize=8)
+        ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6.5)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

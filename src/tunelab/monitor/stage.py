@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.config.monitor import MonitorConfig
-from tunelab.core.rundir import RunDir, atomic_write_json, read_jsonl, request_log_path, write_jsonl
+from tunelab.core.rundir import RunDir, atomic_write_json, request_log_path, write_jsonl
 from tunelab.monitor import deployment, recommend
 from tunelab.monitor.quality import Feedback, QualityWindow, check_quality, metric_names, read_feedback
-from tunelab.monitor.reference import Reference, from_run
+from tunelab.monitor.reference import Reference, attach_confidence, from_run
 from tunelab.monitor.traffic import Traffic, load_traffic, read_requests
 from tunelab.monitor.windows import Window, check_traffic
 
@@ -56,6 +56,8 @@ def analyse(root: RunDir, logs: list[Path], feedback: Path | None, cfg: MonitorC
              + (f" since its promotion to {active.name} at {since.isoformat()}" if since else "")
              + (f"; skipped {traffic.skipped}" if traffic.skipped else ""))
     ref = from_run(active, cfg)
+    if ref.labels and any(r.get("label_probability") is not None for r in traffic.requests):
+        attach_confidence(ref, active, cfg)
     if traffic.has_inputs and encoder is None:
         from tunelab.monitor.embed import Encoder
         encoder = Encoder(cfg.encoder, cfg.max_length)
@@ -130,6 +132,8 @@ def _quality_status(out: Outcome) -> dict | None:
     q = out.quality
     return {"feedback": out.feedback.file, "matched": len(out.feedback.items), "dropped": out.feedback.dropped,
             "windows": len(q), "latest": q[-1].to_dict() if q else None,
+            "series": [{"feedback": [w.start + 1, w.end], "time": w.time_end, "value": w.check.value,
+                        "p": w.check.p, "fired": w.check.fired} for w in q],
             "decline_detected": None if out.quality_at is None else
             {"window": out.quality_at, "feedback_seen": q[out.quality_at].end, "time": q[out.quality_at].time_end},
             "not_run": None if q else f"{len(out.feedback.items)} matched feedback items (< monitor.min_feedback "
@@ -162,25 +166,35 @@ def recommendation(out: Outcome) -> dict | None:
 
 def run(rd: RunDir, logs: list[Path] | None = None, feedback: Path | None = None, cfg: MonitorConfig | None = None,
         encoder=None) -> Outcome:
-    """Monitor `rd`'s model id over `logs` (default: the runs folder's request log) and write the outputs."""
-    from tunelab.monitor.report import render_report
+    """Monitor `rd`'s model id over `logs` (default: the runs folder's request log) and write the outputs.
 
+    The previous outputs stay until this pass has read its inputs and replaces them (a bad log or
+    feedback file leaves the last report in place).
+    """
     cfg = cfg or rd.config().monitor
-    with rd.stage("monitor"):
+    with rd.stage("monitor", fresh=False):
         out = analyse(rd, logs or default_logs(rd), feedback, cfg, encoder)
-        rd.monitor_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl(rd.monitor_windows, [w.to_dict() for w in out.windows])
-        if out.candidates:
-            write_jsonl(rd.monitor_candidates, out.candidates)
-        rec = recommendation(out)
-        if rec is not None:
-            atomic_write_json(rd.retrain_recommendation, rec)
-            out.status["recommendation"] = str(rd.retrain_recommendation)
-        out.status["report"] = str(rd.monitor_report)
-        render_report(out, rd.monitor_report)
-        atomic_write_json(rd.monitor_status, out.status)
+        write_outputs(rd, out)
     _log_summary(out)
     return out
+
+
+def write_outputs(rd: RunDir, out: Outcome) -> None:
+    """windows.jsonl, candidates.jsonl, retrain_recommendation.json (or none), report.html, status.json."""
+    from tunelab.monitor.report import render_report
+
+    rd.monitor_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(rd.monitor_windows, [w.to_dict() for w in out.windows])
+    write_jsonl(rd.monitor_candidates, out.candidates)
+    rec = recommendation(out)
+    if rec is not None:
+        atomic_write_json(rd.retrain_recommendation, rec)
+        out.status["recommendation"] = str(rd.retrain_recommendation)
+    else:
+        rd.retrain_recommendation.unlink(missing_ok=True)
+    out.status["report"] = str(rd.monitor_report)
+    render_report(out, rd.monitor_report)
+    atomic_write_json(rd.monitor_status, out.status)
 
 
 def _log_summary(out: Outcome) -> None:
@@ -194,8 +208,3 @@ def _log_summary(out: Outcome) -> None:
         log.info(f"  not run: {name}: {why}")
     if st["recommendation"]:
         log.info(f"retrain recommended: {st['recommendation']}")
-
-
-def windows_of(rd: RunDir) -> list[dict]:
-    """The windows the last `tunelab monitor` of `rd` checked (monitor/windows.jsonl)."""
-    return read_jsonl(rd.monitor_windows)

@@ -1,9 +1,10 @@
 """The two-sample statistics the drift checks are made of, each returning an effect size and a p-value.
 
 Every p-value is valid when the window and the reference are exchangeable (same-distribution traffic):
-the MMD by permutation (exact up to the permutation resolution), the binned and label tests by the
-chi-square / a Monte Carlo multinomial null, the rank tests by Mann-Whitney. tests/monitor/test_calibration.py
-checks the false-alarm rate on seeded same-distribution splits of Banking77.
+the MMD and the mean comparisons by permutation, the binned-length and label tests by a Monte Carlo
+(multivariate hypergeometric) null of the chi-square, the domain classifier by a rank test on held-out
+halves. tests/monitor/test_monitor_calibration.py and benchmarks/monitor_drift.py measure the false-alarm
+rate on seeded same-distribution splits of Banking77.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def domain_classifier(x: np.ndarray, y: np.ndarray, seed: int) -> Result:
     t = np.r_[np.zeros(len(x)), np.ones(len(y))]
     aucs, ps = [], []
     for fit, score in StratifiedKFold(2, shuffle=True, random_state=seed).split(z, t):
-        clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=500).fit(z[fit], t[fit])
+        # liblinear: 3x faster than lbfgs on 600 x 384 embeddings (measured), the same L2-regularised model.
+        clf = LogisticRegression(C=1.0, class_weight="balanced", solver="liblinear").fit(z[fit], t[fit])
         s, truth = clf.decision_function(z[score]), t[score]
         aucs.append(roc_auc_score(truth, s))
         ps.append(mannwhitneyu(s[truth == 1], s[truth == 0], alternative="greater").pvalue)
@@ -100,47 +102,47 @@ def _smoothed(counts: np.ndarray) -> np.ndarray:
     return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
 
 
-def binned_shift(reference: np.ndarray, window: np.ndarray, bins: int = 10) -> Result:
-    """Population stability index of `window` against `reference` over the reference's deciles, and the
-    chi-square test of homogeneity of the two binned samples."""
-    from scipy.stats import chi2_contingency
+def homogeneity(reference: np.ndarray, counts: np.ndarray, rng: np.random.Generator, simulations: int = 2000) -> float:
+    """Monte Carlo p-value of the chi-square test that two samples of counts over the same categories
+    come from one distribution.
 
+    Under no shift, given the pooled counts, the window's counts are a multivariate hypergeometric draw
+    from the pool; the p-value compares the observed chi-square with `simulations` such draws. It is
+    exact where the chi-square approximation is not (many categories, few requests in some, ties in
+    binned lengths), and accounts for the reference being a finite sample too.
+    """
+    ref, win = np.rint(np.asarray(reference, float)).astype(np.int64), np.asarray(counts, np.int64)
+    pool, n = ref + win, int(win.sum())
+    keep = pool > 0
+    pool, win = pool[keep], win[keep]
+    if len(pool) < 2 or n == 0 or n == pool.sum():
+        return 1.0
+    expected_w = pool * (n / pool.sum())
+    expected_r = pool - expected_w
+
+    def chi2(w: np.ndarray) -> np.ndarray:
+        return ((w - expected_w) ** 2 / expected_w + (pool - w - expected_r) ** 2 / expected_r).sum(-1)
+
+    null = chi2(rng.multivariate_hypergeometric(pool, n, size=simulations))
+    return (1 + int((null >= chi2(win) - 1e-9).sum())) / (1 + simulations)
+
+
+def binned_shift(reference: np.ndarray, window: np.ndarray, rng: np.random.Generator, bins: int = 10) -> Result:
+    """Population stability index of `window` against `reference` over the reference's deciles, and the
+    homogeneity p-value of the two binned samples."""
     reference, window = np.asarray(reference, float), np.asarray(window, float)
     edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
     ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1)
     win = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1)
-    psi = _psi(_smoothed(win), _smoothed(ref))
-    table = np.vstack([ref, win])
-    table = table[:, table.sum(0) > 0]
-    p = 1.0 if table.shape[1] < 2 else float(chi2_contingency(table, correction=False)[1])
-    return Result(psi, p)
+    return Result(_psi(_smoothed(win), _smoothed(ref)), homogeneity(ref, win, rng))
 
 
-def label_shift(reference: np.ndarray, counts: np.ndarray, rng: np.random.Generator, simulations: int = 2000) -> Result:
-    """PSI of the window's label counts against the reference label counts, and a Monte Carlo p-value of
-    the chi-square test of homogeneity.
-
-    Under no shift, given the pooled counts, the window's counts are a multivariate hypergeometric draw
-    from the pool; the p-value compares the observed chi-square with `simulations` such draws, which is
-    exact where the chi-square approximation is not (many labels, few requests per label), and accounts
-    for the reference being a finite sample too. `reference` may hold fractional (expected) counts:
-    they are rounded.
-    """
-    ref = np.rint(np.asarray(reference, float)).astype(np.int64)
-    win = np.asarray(counts, np.int64)
-    pool, n = ref + win, int(win.sum())
-    keep = pool > 0
-    pool, ref, win = pool[keep], ref[keep], win[keep]
-
-    def chi2(w: np.ndarray) -> np.ndarray:
-        expected_w = pool * (n / pool.sum())
-        expected_r = pool - expected_w
-        return (((w - expected_w) ** 2) / expected_w + ((pool - w - expected_r) ** 2) / expected_r).sum(-1)
-
-    observed = float(chi2(win))
-    null = chi2(rng.multivariate_hypergeometric(pool, n, size=simulations))
-    p = (1 + int((null >= observed - 1e-9).sum())) / (1 + simulations)
-    return Result(_psi(_smoothed(win.astype(float)), _smoothed(ref.astype(float))), p)
+def label_shift(reference: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> Result:
+    """PSI of the window's label counts against the reference label counts (which may be fractional,
+    expected counts: they are rounded), and the homogeneity p-value."""
+    ref = np.rint(np.asarray(reference, float))
+    win = np.asarray(counts, float)
+    return Result(_psi(_smoothed(win), _smoothed(ref)), homogeneity(ref, win, rng))
 
 
 # ---------------------------------------------------------------- words
@@ -161,13 +163,17 @@ def oov_fractions(texts: list[str], vocabulary: set[str]) -> tuple[np.ndarray, i
     return np.asarray(fracs), unknown, total
 
 
-def greater(window: np.ndarray, reference: np.ndarray) -> float:
-    """One-sided Mann-Whitney p-value that `window` values are larger than `reference` values."""
-    from scipy.stats import mannwhitneyu
-
-    if np.ptp(np.r_[window, reference]) == 0:
+def greater(window: np.ndarray, reference: np.ndarray, rng: np.random.Generator, permutations: int = 2000) -> float:
+    """One-sided permutation p-value that the mean of `window` exceeds the mean of `reference` (exact under
+    exchangeability, ties included, unlike a rank test's normal approximation)."""
+    window, reference = np.asarray(window, float), np.asarray(reference, float)
+    pooled, n = np.r_[window, reference], len(window)
+    if np.ptp(pooled) == 0:
         return 1.0   # all values equal: no evidence of a difference
-    return float(mannwhitneyu(window, reference, alternative="greater").pvalue)
+    observed = window.mean()
+    draws = np.argsort(rng.random((permutations, len(pooled))), axis=1)[:, :n]
+    null = pooled[draws].mean(1)
+    return (1 + int((null >= observed - 1e-12).sum())) / (1 + permutations)
 
 
 def p95(values) -> float | None:
