@@ -233,6 +233,8 @@ def serve(folders: list[Path] = typer.Argument(..., help="Run folders or export 
           ssl_keyfile: Optional[Path] = typer.Option(None, help="PEM private key for --ssl-certfile"),
           base: bool = typer.Option(False, "--base", help="Also serve each run's untuned base model"),
           log_prompts: bool = typer.Option(False, "--log-prompts", help="Log input/output text (PII redacted)"),
+          monitor: bool = typer.Option(False, "--monitor", help="Run the monitor's checks in the server "
+                                       "(gauges tunelab_monitor_* on /metrics; also monitor.live in a run's config)"),
           option: Optional[list[str]] = typer.Option(None, "--option", "-o",
                                                      help="Any serve setting as key=value, e.g. -o max_batch_size=32"),
           allow_incomplete: bool = ALLOW_INCOMPLETE):
@@ -249,8 +251,45 @@ def serve(folders: list[Path] = typer.Argument(..., help="Run folders or export 
             if not sep:
                 raise stage.ServeError(f"--option {item!r}: write key=value (a field of the serve: section)")
             overrides[key.strip().removeprefix("serve.")] = value
-        stage.run(folders, stage.serve_config(folders, overrides), allow_incomplete)
+        stage.run(folders, stage.serve_config(folders, overrides), allow_incomplete, monitor)
     _guard(go)
+
+
+@app.command()
+def monitor(run_dir: Path = typer.Argument(..., help="The served run folder (its name is the model id)"),
+            requests: Optional[list[Path]] = typer.Option(None, "--requests", help="Request log(s) of `tunelab serve` "
+                                                          "(default <runs>/_serving/requests.jsonl; rotated copies too)"),
+            feedback: Optional[Path] = typer.Option(None, help="Labelled feedback: request_id + the correct answer"),
+            overrides: Optional[list[str]] = typer.Argument(None, help="Monitor settings, e.g. monitor.window=100")):
+    """Check production traffic for drift and quality decline; write monitor/ and retrain_recommendation.json."""
+    from tunelab.monitor import stage
+
+    def go():
+        rd = _run_dir(run_dir)
+        cfg = _overridden(rd, overrides).monitor
+        out = stage.run(rd, requests, feedback, cfg)
+        typer.echo(str(rd.monitor_report))
+        return out
+    _guard(go)
+
+
+@app.command()
+def retrain(run_dir: Path = typer.Argument(..., help="The served run folder (its name is the model id)"),
+            data: list[Path] = typer.Option(..., "--data", help="New labelled data in the run's columns (repeatable)"),
+            name: Optional[str] = typer.Option(None, help="Challenger run name (default <run>-retrain-<n>)"),
+            overrides: Optional[list[str]] = typer.Argument(None, help="Challenger config overrides, e.g. train.epochs=3")):
+    """Champion/challenger: train on old + new data, compare on both test sets, promote only if better."""
+    from tunelab.monitor import retrain as stage
+
+    doc = _guard(stage.run, run_dir, data, name, overrides or [])
+    typer.echo(("promoted " if doc["decision"]["promoted"] else "not promoted: ") + doc["challenger"])
+
+
+def _overridden(rd, overrides: Optional[list[str]]):
+    from tunelab.config import config_from_dict
+    from tunelab.config.load import apply_overrides
+
+    return config_from_dict(apply_overrides(rd.raw_config(), overrides or []), source=str(rd.config_path))
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys of `tunelab serve`: create, list, revoke.")

@@ -13,6 +13,8 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     data/{train,validation,test}.jsonl  data/manifest.json  data/dropped.jsonl  data/report.md
     metrics.jsonl (every logged step)  metrics.json (final numbers by section)
     checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
+    monitor/{status.json,report.html,windows.jsonl,candidates.jsonl,reference.json}  retrain_recommendation.json
+    retrain/ (a challenger's data)  retrain.json (its comparison with the champion)  promoted.json
 
 Beside the run folders, `tunelab serve` keeps its request log in `<runs folder>/_serving/` (see
 `request_log_path`); the leading underscore keeps it from ever being a run name.
@@ -42,7 +44,7 @@ from tunelab.core.files import (atomic_write_bytes, atomic_write_json, atomic_wr
                                 read_json, read_jsonl, remove_tree, sweep, write_jsonl)
 
 SPLITS = ("train", "validation", "test")
-STAGES = ("prepare", "train", "evaluate", "report", "export")
+STAGES = ("prepare", "train", "evaluate", "report", "export", "monitor")
 
 # What each stage writes: file or folder names, and ("metrics", section) for parts of metrics.json.
 OUTPUTS: dict[str, tuple] = {
@@ -52,14 +54,16 @@ OUTPUTS: dict[str, tuple] = {
                  ("metrics", "evaluation"), ("metrics", "verdict")),
     "report": ("report.md", "report.html", "loss.png"),
     "export": ("export",),
+    "monitor": ("monitor", "retrain_recommendation.json"),
 }
 # The stages whose outputs are derived from a stage's outputs: re-running the stage removes them.
 DERIVED: dict[str, tuple[str, ...]] = {
-    "prepare": ("train", "evaluate", "report", "export"),
-    "train": ("evaluate", "report", "export"),
+    "prepare": ("train", "evaluate", "report", "export", "monitor"),
+    "train": ("evaluate", "report", "export", "monitor"),
     "evaluate": ("report", "export"),
     "report": (),
     "export": (),
+    "monitor": (),
 }
 # Stages whose outcome is the run's outcome; an export that fails leaves the run as it was.
 LIFECYCLE = ("prepare", "train", "evaluate", "report")
@@ -220,6 +224,38 @@ class RunDir:
     def export_dir(self) -> Path: return self.path / "export"
     @property
     def tensorboard_dir(self) -> Path: return self.path / "tensorboard"
+    @property
+    def monitor_dir(self) -> Path: return self.path / "monitor"
+    @property
+    def monitor_status(self) -> Path: return self.monitor_dir / "status.json"
+    @property
+    def monitor_report(self) -> Path: return self.monitor_dir / "report.html"
+    @property
+    def monitor_windows(self) -> Path: return self.monitor_dir / "windows.jsonl"
+    @property
+    def monitor_candidates(self) -> Path: return self.monitor_dir / "candidates.jsonl"
+    @property
+    def monitor_reference(self) -> Path: return self.monitor_dir / "reference.json"
+    @property
+    def retrain_recommendation(self) -> Path: return self.path / "retrain_recommendation.json"
+    @property
+    def retrain_dir(self) -> Path: return self.path / "retrain"
+    @property
+    def retrain_new(self) -> Path: return self.retrain_dir / "new"                # copies of the new labelled files
+    @property
+    def retrain_new_data(self) -> DataDir: return DataDir(self.retrain_dir / "new_prepared")
+    @property
+    def retrain_test(self) -> Path: return self.retrain_dir / "test"              # old test + new held-out part
+
+    def retrain_part(self, part: str) -> Path:
+        """A file of a challenger's data in its run's columns: `train`, `validation` (under retrain/), or
+        `old_test`, `new_holdout` (under retrain/test/, which the challenger's data.test names)."""
+        folder = self.retrain_test if part in ("old_test", "new_holdout") else self.retrain_dir
+        return folder / f"{part}.jsonl"
+    @property
+    def retrain_json(self) -> Path: return self.path / "retrain.json"
+    @property
+    def promoted_path(self) -> Path: return self.path / "promoted.json"
     @property
     def mlflow_db(self) -> Path: return self.path.parent / "mlflow.db"   # shared by the runs of one folder
 
@@ -435,6 +471,10 @@ class RunDir:
             elif (self.path / o).exists():
                 out.append(o + ("/" if (self.path / o).is_dir() else ""))
         return out
+
+    def model_stamp(self) -> str | None:
+        """When `best/` was completed (its marker's time): changes whenever the run's model does."""
+        return (read_json(self.best / MODEL_MARKER) or {}).get("written")
 
     def require_trained(self, allow_incomplete: bool = False) -> Path:
         """The `best/` model folder of a run whose training completed.

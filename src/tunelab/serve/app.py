@@ -142,7 +142,11 @@ class Accounting:
                      label_probability=info.get("label_probability"), input=info.get("input"), output=info.get("output"))
         self.state.metrics.observe(entry)
         if self.state.request_log is not None and route != "/metrics":
-            self.state.request_log.write(self.state.request_log.entry(**entry))
+            logged = self.state.request_log.entry(**entry)
+            self.state.request_log.write(logged)
+            live = self.state.extra.get("monitor")   # monitor/live.py, with `tunelab serve --monitor`
+            if live is not None:
+                live.observe(logged)
 
 
 def _too_large(limit: int) -> ApiError:

@@ -47,7 +47,9 @@ class Job:
 
     @property
     def key(self) -> tuple:
-        return (self.model.id, self.kind, self.constrained)
+        # The served object, not its id: after a promotion swaps the model behind an id, jobs queued for the
+        # old one still run on it, never batched with the new one's.
+        return (id(self.model), self.kind, self.constrained)
 
     def _call(self, fn, *args) -> None:
         if self.loop is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.core.errors import UserError
+from tunelab.core.rundir import RunDir
 from tunelab.evaluate.decoding import Decoder
 from tunelab.predictor import Predictor
 from tunelab.serve.engine import Job
@@ -170,6 +171,22 @@ def _base_id(name: str) -> str:
     return Path(name).name if ("/" in name or name.startswith(".")) and Path(name).exists() else name
 
 
+def answering(path: Path, allow_incomplete: bool = False) -> tuple[str, Predictor]:
+    """The model id of a served folder and the predictor that answers for it: the run itself, or the
+    challenger `tunelab retrain` promoted in its place (monitor/deployment.py); the id stays the run name."""
+    from tunelab.export.bundle import is_export
+    from tunelab.monitor.deployment import active_run
+
+    if is_export(path):
+        p = Predictor(path, allow_incomplete=allow_incomplete, complete=True)
+        return p.name, p
+    root = RunDir.open(path)
+    active, since = active_run(root)
+    if since is not None:
+        log.info(f"{root.name}: answering with {active.name}, promoted in its place at {since.isoformat()}")
+    return root.name, Predictor(active.path, allow_incomplete=allow_incomplete, complete=True)
+
+
 def load_models(paths: list[Path], max_batch: int, serve_base: bool = False,
                 allow_incomplete: bool = False) -> dict[str, ServedModel]:
     """Load every run or export folder (and with `serve_base` their base models), keyed by model id.
@@ -182,12 +199,12 @@ def load_models(paths: list[Path], max_batch: int, serve_base: bool = False,
 
     served: dict[str, ServedModel] = {}
     for path in paths:
-        p = Predictor(path, allow_incomplete=allow_incomplete, complete=True)
-        if p.name in served:
-            raise UserError(f"two served folders are both named {p.name!r} ({path}): model ids must be unique; "
+        model_id, p = answering(path, allow_incomplete)
+        if model_id in served:
+            raise UserError(f"two served folders are both named {model_id!r} ({path}): model ids must be unique; "
                             "serve an export of one of them under another run name")
         parent = _base_id(p.cfg.model.name)
-        served[p.name] = ServedModel(p.name, p, max_batch, parent=parent)
+        served[model_id] = ServedModel(model_id, p, max_batch, parent=parent)
         log.info(f"serving {p.name} ({p.cfg.task}, {p.task.serving}"
                  + (f", {len(p.labels)} labels" if p.labels and p.task.serving != "score" else "") + f") from {path}")
         if not serve_base or parent in served:

@@ -89,8 +89,32 @@ def build_app(state):
     return app
 
 
-def _load(state, paths: list[Path], allow_incomplete: bool, server) -> None:
+def _live_monitor(state, paths: list[Path], forced: bool):
+    """The monitor's checks inside the server for every served run with monitor.live (or all, with --monitor)."""
+    from tunelab.monitor.live import LiveMonitor
+
+    configs, roots = {}, {}
+    for path in paths:
+        if is_export(path):
+            continue
+        rd = RunDir.open(path)
+        cfg = rd.config().monitor
+        if forced or cfg.live:
+            configs[rd.name], roots[rd.name] = cfg, rd.path
+    if not configs:
+        return None
+    live = LiveMonitor(roots, configs, state.metrics.registry)
+    live.start()
+    state.extra["monitor"] = live
+    log.info(f"monitoring {', '.join(configs)} in the server: the checks of `tunelab monitor` on the newest window, "
+             "as tunelab_monitor_* gauges on /metrics" + ("" if state.cfg.log_prompts else
+             " (input drift needs --log-prompts; without it only length, output and operations checks run)"))
+    return live
+
+
+def _load(state, paths: list[Path], allow_incomplete: bool, server, monitor: bool = False) -> None:
     from tunelab.serve.engine import Engine
+    from tunelab.serve.promotions import PromotionWatcher
     from tunelab.serve.served import load_models
 
     try:
@@ -103,6 +127,11 @@ def _load(state, paths: list[Path], allow_incomplete: bool, server) -> None:
                         on_batch=state.metrics.batch_size.observe)
         engine.start()
         state.models, state.engine, state.ready = models, engine, True
+        live = _live_monitor(state, paths, monitor)
+        watcher = PromotionWatcher(state, paths, state.cfg.max_batch_size, allow_incomplete,
+                                   on_swap=live.reset if live else None)
+        watcher.start()
+        state.extra["promotions"] = watcher
         log.info(f"ready: {', '.join(models)}")
     except Exception as e:   # the server must not keep answering 503 forever: stop it with the reason
         state.load_error = str(e)
@@ -110,7 +139,7 @@ def _load(state, paths: list[Path], allow_incomplete: bool, server) -> None:
         server.should_exit = True
 
 
-def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False) -> None:
+def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False, monitor: bool = False) -> None:
     """Serve `paths` (run or export folders) with `cfg` until interrupted.
 
     Raises:
@@ -140,7 +169,7 @@ def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False) -> 
     scheme = "https" if cfg.ssl_certfile else "http"
     log.info(f"tunelab serve on {scheme}://{cfg.host}:{cfg.port} (keys: {keys.path}, {keys.active_count()} active; "
              f"request log: {log_path}); loading {len(paths)} model folder(s)...")
-    threading.Thread(target=_load, args=(state, paths, allow_incomplete, server), daemon=True).start()
+    threading.Thread(target=_load, args=(state, paths, allow_incomplete, server, monitor), daemon=True).start()
     try:
         server.run()
     finally:
