@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from tiny import tiny_tokenizer
 from tunelab.report import compare
 from tunelab.cli import app
 from tunelab.config import config_from_dict

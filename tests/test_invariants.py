@@ -2,9 +2,9 @@
 
 (1) the supervised-only head gives the full-logit loss and gradients; (2) a packed row, and a row whose
 shared prompt prefix is computed once, give the same per-example losses (and gradients) as a padded
-batch (no cross-example attention); (3) batch 8 x accumulation 1 and batch 1 x accumulation 8 give the
-same gradients through real `transformers.Trainer` runs. Each speed-up also has a control showing the
-test would fail without it.
+batch (no cross-example attention). Gradient accumulation (batch 8 x 1 = batch 1 x 8) is tested through
+`TunelabTrainer` itself in test_trainer.py. Each speed-up also has a control showing the test would fail
+without it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import random
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunelab.train.collate import make_collator
 from tunelab.train.loss import causal_lm_loss
@@ -192,63 +192,3 @@ def test_shared_prefix_gradients_equal_padded():
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-# ---------------------------------------------------------------- (3) gradient accumulation
-
-
-class _LossTrainer(Trainer):
-    """Trainer that uses tunelab's loss, as tunelab's trainer does; `naive` normalises per micro-batch."""
-
-    def __init__(self, *args, naive: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.naive = naive
-        self.loss_is_scaled_for_ga = not naive
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        return causal_lm_loss(model, inputs, None if self.naive else num_items_in_batch)
-
-
-class _GradSnapshot(TrainerCallback):
-    """Copies the accumulated gradients just before the (only) optimizer step."""
-
-    def __init__(self, model):
-        self.model, self.grads = model, None
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-
-def _accumulated_grads(tmp_path, batch_size: int, accum: int, packing: bool, naive: bool = False,
-                       share_prefix: bool = False) -> dict:
-    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    args = TrainingArguments(
-        output_dir=str(tmp_path / f"b{batch_size}a{accum}{packing}{naive}{share_prefix}"), per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accum, max_steps=1, learning_rate=1e-3, max_grad_norm=0.0, use_cpu=True,
-        report_to=[], save_strategy="no", logging_strategy="no", remove_unused_columns=False,
-        train_sampling_strategy="sequential", dataloader_num_workers=0, seed=0,
-    )
-    snap = _GradSnapshot(model)
-    trainer = _LossTrainer(
-        model=model, args=args, naive=naive, callbacks=[snap],
-        train_dataset=shared_prefix_examples(8, seed=4) if share_prefix else make_examples(8, seed=4),
-        data_collator=make_collator(PAD, packing=packing, share_prefix=share_prefix),
-    )
-    trainer.train()
-    return snap.grads
-
-
-@pytest.mark.parametrize("packing,share_prefix", [(False, False), (True, False), (True, True)])
-def test_batch8_equals_batch1_accum8(tmp_path, packing, share_prefix):
-    big = _accumulated_grads(tmp_path, 8, 1, packing, share_prefix=share_prefix)
-    small = _accumulated_grads(tmp_path, 1, 8, packing, share_prefix=share_prefix)
-    assert big.keys() == small.keys() and len(big) > 0
-    for name in big:
-        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_per_microbatch_mean_would_differ(tmp_path):
-    """Control: normalising each micro-batch by its own count changes the gradients on this data."""
-    big = _accumulated_grads(tmp_path, 8, 1, False)
-    naive = _accumulated_grads(tmp_path, 1, 8, False, naive=True)
-    assert any(not torch.allclose(naive[n], big[n], rtol=1e-2, atol=1e-3) for n in big)

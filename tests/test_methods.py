@@ -283,3 +283,11 @@ def test_bottleneck_adapters_start_as_identity_and_survive_deepcopy(folders):
         # the copy runs its own adapters: changing them moves the copy only
         assert not torch.allclose(clone(input_ids=ids).logits, before)
         torch.testing.assert_close(model(input_ids=ids).logits, before)
+
+
+def test_prompt_tuning_of_a_classifier_is_refused_before_any_work():
+    from tunelab.methods import check_method
+
+    with pytest.raises(MethodError, match="prompt_tuning needs a causal LM task .*not task=classification"):
+        check_method(MethodConfig(name="prompt_tuning"), "classification")
+    check_method(MethodConfig(name="prompt_tuning"), "sft")

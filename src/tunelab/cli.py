@@ -110,6 +110,7 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     import tempfile
 
     from tunelab.data import prepare as prep
+    from tunelab.methods import check_method
     from tunelab.models import load_tokenizer
     from tunelab.train.render import Renderer
     from tunelab.train.stage import encode
@@ -117,6 +118,7 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     cfg = _config(config, overrides)
 
     def go():
+        check_method(cfg.method, cfg.task)
         tok = load_tokenizer(cfg.model)
         with tempfile.TemporaryDirectory() as tmp:
             prepared = prep(cfg, Path(tmp), tok)

@@ -10,6 +10,7 @@ from tunelab.config import Config
 from tunelab.core.rundir import RunDir
 from tunelab.data import stage as prepare_stage
 from tunelab.evaluate import stage as evaluate_stage
+from tunelab.methods import check_method
 from tunelab.models import load_tokenizer
 from tunelab.report import stage as report_stage
 from tunelab.report.markdown import comparison_table
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config, overwrite: bool = False) -> RunDir:
     """The whole lifecycle for `cfg`: prepare, train, evaluate against the baselines, write the report."""
+    check_method(cfg.method, cfg.task)
     rd = RunDir.create(cfg, overwrite)
     log.info(f"run folder: {rd.path}")
     tokenizer = load_tokenizer(cfg.model)
@@ -41,6 +43,7 @@ def prepare(cfg: Config, overwrite: bool = False) -> RunDir:
 
 def train_only(cfg: Config, overwrite: bool = False) -> RunDir:
     """Prepare the data and fine-tune (no evaluation)."""
+    check_method(cfg.method, cfg.task)
     rd = RunDir.create(cfg, overwrite)
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_stage.run(cfg, rd, tokenizer)

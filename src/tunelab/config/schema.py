@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from tunelab.config._section import Section as _Section
 from tunelab.config.monitor import MonitorConfig
@@ -158,12 +158,6 @@ class Config(_Section):
     def _space(cls, v: TuneConfig) -> TuneConfig:
         check_space(v.space, cls)
         return v
-
-    @model_validator(mode="after")
-    def _check(self) -> "Config":
-        if self.method.name == "prompt_tuning" and self.task == "classification":
-            raise ValueError("method.name=prompt_tuning needs task sft or pretrain")
-        return self
 
     def resolve(self, path: str | None) -> Path | None:
         """Resolve a data path against `base_dir`."""

@@ -225,8 +225,7 @@ def apply_ia3(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
 
 def apply_prompt_tuning(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
     """Prompt tuning (Lester et al. 2021): `num_virtual_tokens` trained input embeddings; causal LMs only."""
-    if TASKS[task].head != "causal_lm":
-        raise MethodError("method.name=prompt_tuning needs task sft or pretrain (a causal LM)")
+    check_method(cfg, task)
     # SAMPLE_VOCAB starts from real token embeddings: no tokenizer download, and on the embedding manifold.
     config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens,
                                 prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
@@ -250,14 +249,26 @@ METHODS: dict[str, Callable[[nn.Module, MethodConfig, str], nn.Module]] = {
 # ---------------------------------------------------------------- the train stage's entry points
 
 
+def check_method(cfg: MethodConfig, task: str) -> None:
+    """Refuse a method that cannot run for `task` (before any data is prepared or model loaded).
+
+    Raises:
+        MethodError: prompt tuning of a model with a classification head.
+    """
+    if task not in TASKS:
+        raise MethodError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    if cfg.name == "prompt_tuning" and TASKS[task].head != "causal_lm":
+        causal = ", ".join(t for t, spec in TASKS.items() if spec.head == "causal_lm")
+        raise MethodError(f"method.name=prompt_tuning needs a causal LM task ({causal}), not task={task}")
+
+
 def apply_method(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
     """Apply `cfg.name` to `model` for `task` (sft | classification | pretrain) and return the model to train.
 
     Raises:
         MethodError: the method cannot run here as configured (qlora without CUDA, a bad regex, ...).
     """
-    if task not in TASKS:
-        raise MethodError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
+    check_method(cfg, task)
     return METHODS[cfg.name](model, cfg, task)
 
 
