@@ -107,6 +107,10 @@ class TrialCallback(TrainerCallback):
     prune: bool = True
     history: dict[int, float] = field(default_factory=dict)
     pruned_at: int | None = None
+    max_steps: int | None = None   # the steps the trial runs when not pruned
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.max_steps = state.max_steps
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         step = state.global_step
