@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import socket
+import warnings
 from typing import Any
 
 import optuna
@@ -29,6 +30,9 @@ from tunelab.tune.objective import Objective
 from tunelab.tune.space import grid, grid_size
 
 log = logging.getLogger(__name__)
+# Heartbeats and their retry callback are what make a study survive a dead worker; Optuna still labels
+# them experimental, which is not news to a user at every start.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=r"optuna|tunelab")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Settings that may change between runs of one study: budget, storage, where runs go, machine-local paths.
