@@ -238,3 +238,19 @@ def test_tune_writes_best_config_trials_csv_and_report(project, tmp_path):
     assert {"zero_shot", "few_shot", "finetuned"} <= set(final.metrics()["test"]) and final.report_html.exists()
     others = [t.number for t in study.trials if t.number != chosen.number]
     assert not any((sd.trials_dir / str(n) / "best").exists() for n in others)
+
+
+def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
+    from test_examples import EXAMPLES, _banking_copy
+
+    data = _banking_copy(tmp_path)
+    args = [f"model.name={project / 'tiny-llama'}", f"runs_dir={tmp_path / 'runs'}", f"data.train={data['train']}",
+            f"data.test={data['test']}", "data.train_limit=24", "train.max_steps=2", "train.batch_size=4",
+            "train.eval_every=1", "eval.max_test=8", "eval.baseline_per_class=1", "eval.forgetting=false",
+            "eval.few_shot_k=2", "eval.bootstrap_samples=100", "eval.batch_size=8", "tune.n_trials=2"]
+    result = CliRunner().invoke(app, ["tune", str(EXAMPLES / "banking77" / "tune.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(EXAMPLES / "banking77" / "tune.yaml", args)
+    trials = study_of(cfg).trials
+    assert trials[0].params == cfg.tune.enqueue[0]            # the demo's own values are tried first
+    assert load_config(study_dir(cfg).best_config_path).method.name == "lora"

@@ -76,6 +76,7 @@ class TuneConfig(Section):
     storage: str | None = Field(None, description="Where the study lives: None = SQLite in the study folder; any SQLAlchemy URL (e.g. postgresql://user:pass@host/db) lets workers on many machines share one study.")
     study_name: str | None = Field(None, description="Name of the study in the storage and of the study folder under runs_dir (default: `<name>-tune`).")
     also_minimize: list[Literal["trainable_params", "latency_ms"]] = Field(default_factory=list, description="Multi-objective mode: also minimise trainable parameters and/or validation latency (ms per example); the report shows the Pareto set and best_config.yaml is the Pareto trial with the best objective. Pruning is off in this mode.")
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Parameter sets (space key -> value) tried first when the study is created, e.g. the values of the config you have now, so the search starts from a known point and its best is at least that point's.")
     keep_weights: Literal["best", "all"] = Field("best", description="Which trials keep their trained weights (best/, last/): only the study's best trial (disk stays bounded), or all.")
     heartbeat_s: int = Field(60, ge=1, description="Workers record a heartbeat this often; a trial whose heartbeat is 2x older (its machine died) is marked failed and retried. Dead workers on this machine are detected at once.")
 
@@ -86,6 +87,14 @@ class TuneConfig(Section):
         if isinstance(v, dict):
             return {k: {"type": "categorical", "choices": d} if isinstance(d, list) else d for k, d in v.items()}
         return v
+
+    @model_validator(mode="after")
+    def _enqueued(self) -> "TuneConfig":
+        for i, point in enumerate(self.enqueue):
+            unknown = sorted(set(point) - set(self.space))
+            if unknown:
+                raise ValueError(f"tune.enqueue[{i}]: {', '.join(unknown)} not in tune.space")
+        return self
 
 
 def searchable_keys(root: type[BaseModel]) -> list[str]:

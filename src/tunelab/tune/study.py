@@ -13,6 +13,7 @@ study resumable and safe to share between processes and machines.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import socket
 import warnings
@@ -121,6 +122,8 @@ def open_study(cfg: Config, sd: StudyDir, objective: Objective, worker: int = 0)
     stored = study.user_attrs.get("search")
     if stored is None:
         study.set_user_attr("search", identity)
+        for point in cfg.tune.enqueue:   # lists (e.g. target_modules) are stored as JSON text, as suggest() does
+            study.enqueue_trial({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in point.items()})
     elif stored != identity or [d.name.lower() for d in study.directions] != directions(cfg, objective):
         diff = _differences(stored, identity)
         raise ConfigError(f"study '{name}' in {cfg.tune.storage or sd.default_storage()} was started for another "
