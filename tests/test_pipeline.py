@@ -43,21 +43,26 @@ def write_data(folder):
             w.writerow([f"question {i}: {t.upper()} today?", label])
 
 
+def tiny_project(root) -> dict:
+    """Write the intent data and a tiny Llama into `root`; return a config dict for them (LoRA, 6 steps)."""
+    write_data(root)
+    model = tiny_llama(root / "tiny-llama")
+    return {"name": "tiny", "runs_dir": str(root / "runs"),
+            "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"],
+                     "output_column": "category", "template": "Intent of: {text}", "max_length": 64,
+                     "val_fraction": 0.2, "dedup": {"near": False}},
+            "model": {"name": str(model)},
+            "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "eval_every": 3, "log_every": 1,
+                      "precision": "fp32", "threads": 1},
+            "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 200,
+                     "forgetting_tokens": 64}}
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("proj")
-    write_data(root)
-    model = tiny_llama(root / "tiny-llama")
-    cfg = {"name": "tiny", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"],
-                    "output_column": "category", "template": "Intent of: {text}", "max_length": 64,
-                    "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(model)},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "eval_every": 3, "log_every": 1,
-                     "precision": "fp32", "threads": 1},
-           "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 200,
-                    "forgetting_tokens": 64}}
+    cfg = tiny_project(root)
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
 

@@ -16,8 +16,7 @@ import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from test_pipeline import INTENTS, write_data
-from tiny import tiny_llama
+from test_pipeline import INTENTS, tiny_project
 from tunelab.cli import app
 from tunelab.config import ConfigError, load_config
 from tunelab.core.rundir import RunDir
@@ -30,18 +29,10 @@ LR = {"type": "float", "low": 1e-4, "high": 3.0, "log": True}
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    write_data(root)
-    model = tiny_llama(root / "tiny-llama")
-    cfg = {"name": "tiny", "runs_dir": str(root / "runs"),
-           "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"],
-                    "output_column": "category", "template": "Intent of: {text}", "max_length": 64,
-                    "val_fraction": 0.2, "dedup": {"near": False}},
-           "model": {"name": str(model)},
-           "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-           "train": {"lr": 5e-3, "max_steps": 8, "batch_size": 4, "eval_every": 2, "log_every": 1,
-                     "precision": "fp32", "threads": 1, "patience": None},
-           "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 200, "forgetting": False},
-           "tune": {"n_trials": 3, "startup_trials": 2, "space": {"train.lr": LR, "method.r": [2, 4]}}}
+    cfg = tiny_project(root)
+    cfg["train"].update(max_steps=8, eval_every=2, patience=None)
+    cfg["eval"]["forgetting"] = False
+    cfg["tune"] = {"n_trials": 3, "startup_trials": 2, "space": {"train.lr": LR, "method.r": [2, 4]}}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     return root
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from transformers import TrainerCallback
 
 from tunelab.config import Config
-from tunelab.core.errors import ConfigError
+from tunelab.core.errors import ConfigError, UserError
 from tunelab.evaluate import metrics as M
 from tunelab.evaluate.common import seeded_sample
 from tunelab.evaluate.generative import is_closed_set
@@ -74,6 +74,9 @@ class ValidationScorer:
         val = prepared.splits["validation"]
         keep = seeded_sample(len(val), cfg.tune.eval_examples or len(val), cfg.train.seed)
         self.records = [val[i] for i in keep]
+        if not self.records:
+            raise UserError("tune: the validation split is empty, so trials cannot be judged; give data.validation "
+                            "or a larger data.val_fraction")
         self.labels = prepared.labels
         self.references = [r.get("references") or r.get("output") for r in self.records]
         self.renderer = Renderer(tokenizer, cfg)

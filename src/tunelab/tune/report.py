@@ -3,7 +3,7 @@
 The report shows Optuna's own matplotlib views of the study (optimisation history, parameter
 importances, parallel coordinates, slices; the Pareto front in multi-objective mode) as embedded PNGs,
 how many configurations were tried, and the final test-set comparison of the best config against the
-baselines. Rendered with Jinja2 (autoescape on) from `tunelab/templates/tune_report.html`.
+baselines. Rendered with Jinja2 (autoescape on) from `tunelab/templates/tune_study.html`.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Obje
     if len(study.directions) > 1:
         pareto = [{"number": t.number, "values": dict(zip(names, t.values)), "params": decode_params(t.params)}
                   for t in sorted(study.best_trials, key=lambda t: t.number)]
-    html = _environment().get_template("tune_report.html").render(
+    html = _environment().get_template("tune_study.html").render(
         css=CSS, study=study.study_name, cfg=cfg, objective=objective, names=names, counts=counts(study),
         best={"number": best.number, "values": dict(zip(names, best.values)), "params": decode_params(best.params)},
         plots=plots(study, objective, names), header=header, rows=rows, cols=cols, comparison=comparison,

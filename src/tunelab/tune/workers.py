@@ -53,15 +53,14 @@ def run_workers(sd: StudyDir, n: int, argv: list[str], tick: Callable[[], None])
         procs.append((i, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                           preexec_fn=_die_with_parent if sys.platform == "linux" else None), out))
     log.info(f"{n} workers started; their output: {sd.workers_dir}/<i>.log")
+    first: list[tuple[int, int]] = []   # the worker(s) that failed before the others were stopped
     try:
         while any(p.poll() is None for _, p, _ in procs):
             tick()
-            failed = [(i, p.returncode) for i, p, _ in procs if p.returncode not in (None, 0)]
-            if failed:
+            first = _failed(procs)
+            if first:
                 _stop(procs)
-                i, code = failed[0]
-                raise WorkerFailed(f"worker {i} exited with code {code}; the end of {sd.worker_log(i)}:\n"
-                                   + _tail(sd.worker_log(i)))
+                break
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         # The terminal sent SIGINT to the workers too: each marks its trial failed and queues it again.
@@ -71,11 +70,16 @@ def run_workers(sd: StudyDir, n: int, argv: list[str], tick: Callable[[], None])
     finally:
         for _, _, out in procs:
             out.close()
-    failed = [(i, p.returncode) for i, p, _ in procs if p.returncode != 0]
+    failed = first or _failed(procs)
     if failed:
         i, code = failed[0]
         raise WorkerFailed(f"worker {i} exited with code {code}; the end of {sd.worker_log(i)}:\n"
                            + _tail(sd.worker_log(i)))
+
+
+def _failed(procs) -> list[tuple[int, int]]:
+    """(index, exit code) of the workers that exited with an error (the first to fail first)."""
+    return [(i, p.returncode) for i, p, _ in procs if p.returncode not in (None, 0)]
 
 
 def _stop(procs) -> None:
