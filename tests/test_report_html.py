@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import csv
+import fnmatch
 import json
 import random
+import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +20,10 @@ from tunelab.config import config_from_dict
 from tunelab.data.stage import prepare
 from tunelab.report import stage as report_stage
 from tunelab.report.html import SECTIONS, overfitting
+from tunelab.core import templating
 from tunelab.core.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VOID = {"meta", "img", "br", "hr", "input", "link", "col", "wbr"}
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -210,3 +216,59 @@ def test_language_modelling_run_counts_lower_perplexity_as_the_gain(tmp_path):
     assert "Headline metric perplexity" in page.text["summary"]
     assert '<span class="good">-' in raw  # the fine-tuned perplexity is lower: shown as a gain
     assert "not a classification task" in page.text["classification"]
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def test_user_text_is_escaped_by_the_templates(classification_run):
+    # A label and a prediction carrying markup must show as text: autoescape is on in every template.
+    rd, _ = classification_run
+    rows = rd.predictions()
+    first = next(r for r in rows if r["system"] == "finetuned")
+    first["prediction"] = first["reference"] = EVIL
+    rd.write_predictions(rows)
+    test = rd.metrics()["test"]
+    test["finetuned"]["f1_per_class"][EVIL] = 0.5
+    rd.set_metrics("test", test)
+    raw = write_html(rd).read_text(encoding="utf-8")
+    page = _parse(rd.path / "report.html")
+    assert "<script" not in raw.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in raw
+    assert EVIL in page.text["samples"] and EVIL in page.text["classification"]
+
+
+def test_report_references_no_external_asset(classification_run):
+    rd, _ = classification_run
+    raw = write_html(rd).read_text(encoding="utf-8")
+    for attr in ("src", "href"):
+        assert not re.search(rf'{attr}\s*=\s*["\']?\s*(https?:)?//', raw, re.IGNORECASE), attr
+    assert "<link" not in raw and "@import" not in raw and "url(" not in raw
+    # The stylesheet is inlined from the package's static file, the one the web app serves.
+    assert templating.STYLESHEET.read_text(encoding="utf-8").strip() in raw
+
+
+def test_base_page_links_the_stylesheet_for_the_web_app():
+    page = templating.environment().from_string(
+        '{% extends "base.html" %}{% block title %}runs{% endblock %}{% block content %}<p>{{ x }}</p>{% endblock %}')
+    linked = page.render(css_href="/static/tunelab.css", nav=[{"href": "/runs", "label": "Runs"}], x=EVIL)
+    assert '<link rel="stylesheet" href="/static/tunelab.css">' in linked
+    assert "<style" not in linked and "<script" not in linked   # the web app's CSP forbids inline code
+    assert '<nav><a href="/runs">Runs</a></nav>' in linked and "<p>&lt;script&gt;" in linked
+    inlined = page.render(x="")
+    assert "<style>" in inlined and "<link" not in inlined
+
+
+def test_templates_ship_as_package_data():
+    # Every template and static file matches a [tool.setuptools.package-data] glob, so a wheel carries it.
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the same parser, as a package
+        tomllib = pytest.importorskip("tomli")
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    pkg = templating.TEMPLATES_DIR.parent
+    files = [p.relative_to(pkg).as_posix() for p in templating.TEMPLATES_DIR.rglob("*") if p.is_file()]
+    assert {"templates/base.html", "templates/macros.html", "templates/run_report.html",
+            "templates/static/tunelab.css"} <= set(files)
+    missing = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs["tunelab"])]
+    assert not missing, missing

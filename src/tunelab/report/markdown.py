@@ -15,32 +15,24 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def comparison_rows(metrics: dict) -> tuple[list[str], list[dict]]:
-    """The headline metrics the run has, and one row per system: name, n, {metric: (value, ci or None)}, p-values."""
-    test = metrics.get("test", {})
-    systems = [s for s in SYSTEM_ORDER if s in test] + [s for s in test if s not in SYSTEM_ORDER]
-    cols = [m for m in HEADLINE if any(m in test[s] for s in systems)]
-    rows = [{"system": s, "name": SYSTEM_NAMES.get(s, s), "n": test[s].get("n", "-"),
-             "values": {m: (test[s].get(m), test[s].get("ci", {}).get(m)) for m in cols},
-             "p_value_vs": test[s].get("p_value_vs") or {}} for s in systems]
-    return cols, rows
-
-
 def comparison_table(metrics: dict) -> str:
     """A Markdown table: one row per system, the headline metrics the run has, and n."""
-    cols, rows = comparison_rows(metrics)
-    if not rows:
+    test = metrics.get("test", {})
+    systems = [s for s in SYSTEM_ORDER if s in test] + [s for s in test if s not in SYSTEM_ORDER]
+    if not systems:
         return "(no test metrics)"
+    cols = [m for m in HEADLINE if any(m in test[s] for s in systems)]
     lines = ["| system | " + " | ".join(cols) + " | n |", "|---" * (len(cols) + 2) + "|"]
-    for row in rows:
+    for s in systems:
+        ci = test[s].get("ci", {})
         cells = []
         for m in cols:
-            v, ci = row["values"][m]
+            v = test[s].get(m)
             cell = _fmt(v) if v is not None else "-"
-            if ci:
-                cell += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+            if m in ci:
+                cell += f" [{ci[m][0]:.3f}, {ci[m][1]:.3f}]"
             cells.append(cell)
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {row['n']} |")
+        lines.append(f"| {SYSTEM_NAMES.get(s, s)} | " + " | ".join(cells) + f" | {test[s].get('n', '-')} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,12 @@
-"""Plots of a run, shared by report.md (saved as a PNG file) and report.html (embedded): the loss curve
-and the learning-rate schedule."""
+"""Plots of a run, shared by report.md (saved as a PNG file) and report.html (embedded as data: URIs): the
+loss curve, the learning-rate schedule, the metric bars of each system, the confusion matrix and per-class F1."""
 
 from __future__ import annotations
 
+import base64
 import io
+
+from tunelab.report.markdown import SYSTEM_NAMES
 
 
 def figure(w: float, h: float):
@@ -22,6 +25,11 @@ def png_bytes(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def data_uri(fig) -> str:
+    """The figure as a `data:image/png;base64,...` URI (pages embed it, so they need no other file); closed."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode()
 
 
 def train_points(log: list[dict]) -> list[dict]:
@@ -67,4 +75,55 @@ def lr_figure(log: list[dict]):
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def metric_bars(test: dict, systems: list[str], names: list[str]) -> list:
+    """Bars of each system's metrics with their 95% intervals: one figure for scores, one for perplexity."""
+    import numpy as np
+
+    groups = [[n for n in names if n != "perplexity"], [n for n in names if n == "perplexity"]]
+    figs = []
+    for group in [g for g in groups if g]:
+        fig, ax = figure(max(5, 1.3 * len(group) * len(systems) / 2), 3.4)
+        width = 0.8 / len(systems)
+        for i, s in enumerate(systems):
+            e = test[s]
+            vals = [e.get(m, np.nan) for m in group]
+            cis = [(e.get("ci") or {}).get(m) for m in group]
+            err = np.array([[v - c[0], c[1] - v] if c else [0, 0] for v, c in zip(vals, cis)]).T
+            ax.bar(np.arange(len(group)) + i * width, vals, width, yerr=np.clip(err, 0, None), capsize=3,
+                   label=SYSTEM_NAMES.get(s, s))
+        ax.set_xticks(np.arange(len(group)) + width * (len(systems) - 1) / 2, group)
+        ax.set_ylabel("lower is better" if group == ["perplexity"] else "score (95% CI)")
+        ax.legend(), ax.grid(axis="y", alpha=0.3)
+        figs.append(fig)
+    return figs
+
+
+def confusion_figure(labels: list[str], matrix: list[list[int]]):
+    """The confusion matrix, coloured by recall per true class, with counts in the cells when they fit."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    size = max(4.5, 0.14 * len(labels))
+    fig, ax = figure(size, size)
+    # Row-normalised colour (recall per true class); small classes would vanish in raw counts.
+    ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+    if len(labels) <= 100:
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=max(4, 9 - len(labels) // 15))
+        ax.set_yticks(range(len(labels)), labels, fontsize=max(4, 9 - len(labels) // 15))
+    if len(labels) <= 20:  # small matrices: the counts themselves fit in the cells
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, int(v), ha="center", va="center", fontsize=8, color="black" if v < m.max() / 2 else "white")
+    ax.set_xlabel("predicted"), ax.set_ylabel("reference")
+    return fig
+
+
+def f1_figure(f1: dict[str, float], order: list[str]):
+    """Horizontal bars of the per-class F1, in `order`."""
+    fig, ax = figure(7, max(2.0, 0.16 * len(order)))
+    ax.barh(range(len(order)), [f1[k] for k in order])
+    ax.set_yticks(range(len(order)), order, fontsize=max(4, 9 - len(order) // 15))
+    ax.set_xlim(0, 1), ax.set_xlabel("F1 (fine-tuned)"), ax.grid(axis="x", alpha=0.3)
     return fig

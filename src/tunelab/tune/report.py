@@ -3,27 +3,26 @@
 The report shows Optuna's own matplotlib views of the study (optimisation history, parameter
 importances, parallel coordinates, slices; the Pareto front in multi-objective mode) as embedded PNGs,
 how many configurations were tried, and the final test-set comparison of the best config against the
-baselines. Rendered with Jinja2 (autoescape on) from `tunelab/templates/tune_study.html`.
+baselines — report.html's own summary and test sections, on the run folder the best config was
+evaluated in. Rendered from `tunelab/templates/tune_study.html` (extends base.html, core/templating.py).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import logging
 import warnings
 
-import jinja2
 import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from tunelab.config import Config
+from tunelab.core import templating
 from tunelab.core.rundir import RunDir, StudyDir, atomic_write_text
-from tunelab.report.html import CSS
-from tunelab.report.markdown import comparison_rows
-from tunelab.report.plots import png_bytes
+from tunelab.report.html import report_context
+from tunelab.report.plots import data_uri
 from tunelab.tune.objective import Objective
 from tunelab.tune.space import decode_params
 from tunelab.tune.study import best_trial, counts
@@ -63,12 +62,12 @@ def write_trials_csv(cfg: Config, sd: StudyDir, study: optuna.Study, objective: 
     atomic_write_text(sd.trials_csv, buf.getvalue())
 
 
-def _img(fig_or_axes) -> str:
-    """A base64 PNG of an Optuna matplotlib plot (an Axes or an array of them)."""
+def _uri(fig_or_axes) -> str:
+    """A data: URI (PNG) of an Optuna matplotlib plot (an Axes or an array of them)."""
     ax = fig_or_axes.flat[0] if hasattr(fig_or_axes, "flat") else fig_or_axes
     fig = ax.figure
     fig.set_size_inches(max(fig.get_size_inches()[0], 8), max(fig.get_size_inches()[1], 4.5))
-    return base64.b64encode(png_bytes(fig)).decode()
+    return data_uri(fig)
 
 
 def plots(study: optuna.Study, objective: Objective, names: list[str]) -> list[dict]:
@@ -91,15 +90,10 @@ def plots(study: optuna.Study, objective: Objective, names: list[str]) -> list[d
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")   # Optuna marks its matplotlib views experimental
-                out.append({"title": title, "png": _img(draw())})
+                out.append({"title": title, "alt": title, "uri": _uri(draw())})
         except Exception as e:   # e.g. importances need two complete trials with different values
             out.append({"title": title, "error": f"{type(e).__name__}: {e}"})
     return out
-
-
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("tunelab", "templates"),
-                              autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
 
 def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Objective, final_rd: RunDir):
@@ -107,17 +101,21 @@ def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Obje
     names = value_names(cfg, objective)
     best: FrozenTrial = best_trial(study)
     header, rows = trial_rows(study, names)
-    cols, comparison = comparison_rows(final_rd.metrics())
     pareto = []
     if len(study.directions) > 1:
         pareto = [{"number": t.number, "values": dict(zip(names, t.values)), "params": decode_params(t.params)}
                   for t in sorted(study.best_trials, key=lambda t: t.number)]
-    html = _environment().get_template("tune_study.html").render(
-        css=CSS, study=study.study_name, cfg=cfg, objective=objective, names=names, counts=counts(study),
+    final = {sec["id"]: sec for sec in report_context(final_rd)["sections"]}
+    html = templating.render(
+        "tune_study.html", study=study.study_name, task=cfg.task, model=cfg.model.name, method=cfg.method.name,
+        sampler=cfg.tune.sampler, pruner=cfg.tune.pruner if not cfg.tune.also_minimize else "none (multi-objective)",
+        objective=objective.name, direction=objective.direction, names=names, counts=counts(study),
         best={"number": best.number, "values": dict(zip(names, best.values)), "params": decode_params(best.params)},
-        plots=plots(study, objective, names), header=header, rows=rows, cols=cols, comparison=comparison,
-        final_report=_relative(final_rd.report_html, sd), best_config=_relative(sd.best_config_path, sd),
-        best_config_text=sd.best_config_path.read_text(encoding="utf-8"), pareto=pareto,
+        nav=[{"href": f"#{i}", "label": t} for i, t in (("summary", "Summary"), ("test", "Best config on the test set"),
+                                                         ("search", "Search"), ("trials", "Trials"), ("space", "Space"))],
+        final_sections=[final["summary"], final["test"]], plots=plots(study, objective, names),
+        header=header, rows=rows, pareto=pareto, final_report=_relative(final_rd.report_html, sd),
+        best_config=_relative(sd.best_config_path, sd), best_config_text=sd.best_config_path.read_text(encoding="utf-8"),
         space=yaml.safe_dump({k: v.model_dump(exclude_none=True) for k, v in cfg.tune.space.items()}, sort_keys=False))
     atomic_write_text(sd.report_html, html)
     return sd.report_html
