@@ -13,6 +13,9 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     data/{train,validation,test}.jsonl  data/manifest.json  data/dropped.jsonl  data/report.md
     metrics.jsonl (every logged step)  metrics.json (final numbers by section)
     checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
+
+Beside the run folders, `tunelab serve` keeps its request log in `<runs folder>/_serving/` (see
+`request_log_path`); the leading underscore keeps it from ever being a run name.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ OUTPUTS: dict[str, tuple] = {
     "prepare": ("data",),
     "train": ("checkpoints", "best", "last", "metrics.jsonl", "trainable.json", "tensorboard", ("metrics", "train")),
     "evaluate": ("predictions.jsonl", ("metrics", "test"), ("metrics", "eval_seconds"), ("metrics", "forgetting"),
-                 ("metrics", "evaluation")),
+                 ("metrics", "evaluation"), ("metrics", "verdict")),
     "report": ("report.md", "report.html", "loss.png"),
     "export": ("export",),
 }
@@ -56,6 +59,7 @@ DERIVED: dict[str, tuple[str, ...]] = {
 # Stages whose outcome is the run's outcome; an export that fails leaves the run as it was.
 LIFECYCLE = ("prepare", "train", "evaluate", "report")
 MODEL_MARKER = ".tunelab-complete"   # written last into best/ and last/: the folder is whole
+SERVING_DIR = "_serving"   # under the runs folder; `check_name` refuses names starting with "_"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -144,6 +148,11 @@ def git_sha() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def request_log_path(runs_dir: Path) -> Path:
+    """The request log `tunelab serve` appends to (JSONL; rotated copies get `.1`, `.2`, ...)."""
+    return Path(runs_dir) / SERVING_DIR / "requests.jsonl"
 
 
 # ---------------------------------------------------------------- prepared data
