@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 # them experimental, which is not news to a user at every start.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=r"optuna|tunelab")
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Settings that may change between runs of one study: budget, storage, where runs go, machine-local paths.
 MAY_CHANGE = {"tune": ("n_trials", "time_budget", "storage", "keep_weights", "heartbeat_s"), "train": ("threads",),
               "": ("runs_dir", "base_dir")}

@@ -25,6 +25,7 @@ from tunelab.tune.objective import Objective, TrialCallback, ValidationScorer
 from tunelab.tune.space import suggest, trial_config
 
 log = logging.getLogger(__name__)
+ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)   # no process writes their folders any more
 
 
 class Surplus(Exception):
@@ -126,7 +127,7 @@ def keep_best_weights(study: optuna.Study, sd: StudyDir, best_number: int | None
     """Remove best/ and last/ of every finished trial on this machine except the study's best (tune.keep_weights)."""
     if not sd.trials_dir.is_dir():
         return
-    finished = {t.number for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES,))}
+    finished = {t.number for t in study.get_trials(deepcopy=False, states=ENDED)}
     for number in sorted(finished - {best_number}):
         rd = sd.trial(number)
         removed = [p.name for p in (rd.best, rd.last) if p.exists()]
@@ -135,5 +136,3 @@ def keep_best_weights(study: optuna.Study, sd: StudyDir, best_number: int | None
         if removed and rd.metrics_json.is_file():
             rd.update_metrics("tune", {"weights_removed": "only the study's best trial keeps its weights (tune.keep_weights)"})
 
-
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
