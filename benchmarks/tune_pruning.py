@@ -1,6 +1,6 @@
 """What pruning saves: the same study with and without the pruner, same seed, same trials budget.
 
-    python benchmarks/tune_pruning.py [--trials 20] [--pruner median] [--json PATH]
+    python benchmarks/tune_pruning.py [--trials 16] [--steps 40] [--pruner median] [--json PATH]
 
 Both studies run `tunelab tune`'s own code path (`tunelab.tune.stage.run`, search only) on a small real
 task that fits a shared 2-core CPU: 20 intents of this repository's Banking77 data (40 training and 10
@@ -80,10 +80,10 @@ def measure(cfg) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--intents", type=int, default=20)
     ap.add_argument("--pruner", default="median", choices=["median", "hyperband"])
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps of an unpruned trial")
+    ap.add_argument("--steps", type=int, default=40, help="optimizer steps of an unpruned trial")
     # One thread: on a shared 2-core machine two OpenMP threads per process measured ~10x slower per step.
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
