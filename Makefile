@@ -42,7 +42,7 @@ $(BROWSER_STAMP): | $(BIN)/python
 	touch $@
 
 demo: setup
-	$(BIN)/tunelab run examples/banking77/config.yaml
+	$(BIN)/tunelab run examples/banking77/config.yaml --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q
