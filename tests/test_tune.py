@@ -92,6 +92,9 @@ def test_a_diverging_learning_rate_is_pruned_before_its_last_step(project, tmp_p
     assert pruned.user_attrs["steps"] == pruned.user_attrs["pruned_at_step"]
     assert pruned.user_attrs["reason"].startswith("pruned at step")   # by the pruner, not a divergence guard
     rd = RunDir(sd.trials_dir / "2")
+    # Each trial is an ordinary run folder whose prepare stage reused the study's prepared data.
+    assert rd.stage_state("prepare") == "complete"
+    assert os.path.samefile(rd.data.split_path("train"), sd.data.split_path("train"))
     tune = rd.metrics()["tune"]
     assert tune["state"] == "pruned" and tune["steps"] < 8
     assert max(r["step"] for r in rd.read_log()) < 8
