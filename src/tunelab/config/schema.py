@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 from tunelab.config._section import Section as _Section
 from tunelab.config.monitor import MonitorConfig
 from tunelab.config.serve import ServeConfig
-from tunelab.config.tune import TuneConfig
+from tunelab.config.tune import TuneConfig, check_space
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -167,6 +167,12 @@ class Config(_Section):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v)
+
+    @field_validator("tune")
+    @classmethod
+    def _space(cls, v: TuneConfig) -> TuneConfig:
+        check_space(v.space, cls)
+        return v
 
     def resolve(self, path: str | None) -> Path | None:
         """Resolve a data path against `base_dir`."""

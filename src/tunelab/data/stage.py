@@ -114,7 +114,9 @@ def run(cfg: Config, rd: RunDir, tokenizer=None) -> Prepared:
     # A trained run re-prepared for another test file (`tunelab eval RUN --data FILE`) keeps its model:
     # only what was derived from the old splits it trained on is removed.
     trained_on = {s: rd.data.splits()[s] for s in ("train", "validation")} if rd.stage_state("train") else None
-    with rd.stage("prepare", derived=()):
+    # A data/ folder that already holds this fingerprint's result (e.g. copied from a tuning study's
+    # shared preparation) is kept and reused by `prepare`; anything else is removed first.
+    with rd.stage("prepare", derived=(), fresh=cache.why_rebuild(rd.data, parts) is not None):
         prepared = prepare(cfg, rd.data, tokenizer)
     same = trained_on is not None and all(trained_on[s] == prepared.splits[s] for s in trained_on)
     rd.invalidate(DERIVED["train"] if same else DERIVED["prepare"])
