@@ -78,7 +78,8 @@ def overfitting(log: list[dict]) -> dict[str, Any]:
 # ------------------------------------------------------------------ sections (None: not measured)
 
 
-def _summary(test: dict) -> dict | None:
+def headline(test: dict) -> dict | None:
+    """The fine-tuned model's headline test metric with its interval, and each baseline's value, gain and p-value."""
     ft = test.get("finetuned") or {}
     primary = next((k for k in ft if isinstance(ft[k], (int, float)) and k != "n"), None)
     if primary is None:
@@ -231,7 +232,7 @@ def report_context(run_dir: RunDir) -> dict[str, Any]:
     marks = overfitting(log)
     is_cls = any("accuracy" in (test.get(s) or {}) for s in SYSTEMS) or raw_cfg.get("task") == "classification"
     data = {
-        "summary": _summary(test),
+        "summary": headline(test),
         "data": _data(run_dir.data.manifest()),
         "training": _training(log, marks, metrics.get("train") or {}),
         "overfitting": marks if marks["best_step"] is not None else None,
