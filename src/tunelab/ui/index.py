@@ -75,6 +75,8 @@ def _best_baseline(head: dict) -> dict | None:
 
 
 def _signed_gain(b: dict) -> float:
+    if not b["delta"]:
+        return 0.0
     return abs(b["delta"]) if b["better"] else -abs(b["delta"])
 
 

@@ -44,13 +44,16 @@ class FormField:
     nullable: bool = False
 
 
-def _shape(prop: dict) -> tuple[dict, bool]:
-    """The non-null alternative of a property and whether null is allowed."""
+def _shape(prop: dict) -> tuple[dict, bool, tuple[str, ...]]:
+    """The main alternative of a property, whether null is allowed, and the constants it also accepts
+    (`target_modules`: a list of names, or the constant `all-linear`)."""
     alts = prop.get("anyOf")
     if not alts:
-        return prop, False
+        return prop, False, ()
     real = [a for a in alts if a.get("type") != "null"]
-    return (real[0] if len(real) == 1 else {"type": "string"}), len(real) < len(alts)
+    consts = tuple(str(a["const"]) for a in real if "const" in a)
+    main = [a for a in real if "const" not in a]
+    return (main[0] if len(main) == 1 else {"type": "string"}), len(real) < len(alts), consts
 
 
 def _show(value: Any) -> str:
@@ -64,14 +67,14 @@ def _show(value: Any) -> str:
 
 
 def _field(key: str, prop: dict, required: bool) -> FormField | None:
-    shape, nullable = _shape(prop)
+    shape, nullable, consts = _shape(prop)
     if shape.get("$ref") or shape.get("type") == "object":
         return None   # nested sections (data.dedup): the YAML box
     kind = ("select" if "enum" in shape else "checkbox" if shape.get("type") == "boolean"
             else "number" if shape.get("type") in ("integer", "number") else "list" if shape.get("type") == "array"
             else "text")
     return FormField(key, kind, _show(prop.get("default")), prop.get("description", ""),
-                     tuple(str(o) for o in shape.get("enum", ())), required, nullable)
+                     tuple(str(o) for o in shape.get("enum", ())) + consts, required, nullable)
 
 
 def form_fields() -> dict[str, list[FormField]]:
@@ -97,7 +100,7 @@ def _value(f: FormField, given: str) -> Any:
     if f.kind == "checkbox":
         return given == "true"
     if f.kind == "list":
-        return [v.strip() for v in given.split(",") if v.strip()]
+        return given if given in f.options else [v.strip() for v in given.split(",") if v.strip()]
     if f.kind == "number":
         return parse_override(f"x={given}")[1]
     return given

@@ -32,8 +32,8 @@ router = APIRouter(prefix="/ui", dependencies=[Depends(require_session)])
 NAV = [("/ui/runs", "Runs"), ("/ui/compare", "Compare"), ("/ui/new", "New run"), ("/ui/jobs", "Jobs")]
 
 
-def page(request: Request, name: str, session: Session, status: int = 200, **context) -> HTMLResponse:
-    return render(request, f"ui/{name}.html", status=status, session=session, dash_nav=NAV, **context)
+def page(request: Request, template: str, session: Session, status: int = 200, **context) -> HTMLResponse:
+    return render(request, f"ui/{template}.html", status=status, session=session, dash_nav=NAV, **context)
 
 
 def _run(dash: Dashboard, name: str):
@@ -92,7 +92,7 @@ async def predictions_page(request: Request, name: str, system: str = "", outcom
     stamp = _mtime(rd.predictions_path) + _mtime(rd.data.manifest_path)
     table = await run_in_threadpool(dash.cached, f"predictions:{name}", stamp, lambda: preds.scored(rd))
     shown = preds.browse(table, system, outcome, label, page_no)
-    return page(request, "predictions", session, name=name, table=table, shown=shown,
+    return page(request, "predictions", session, run_name=name, table=table, shown=shown,
                 filters={"system": system, "outcome": outcome, "label": label})
 
 
@@ -191,9 +191,12 @@ async def new_submit(request: Request, session: Session = Depends(require_csrf))
                if getattr(form.get(f"upload_{s}"), "filename", None)}
     try:
         config = await run_in_threadpool(newrun.build, fields, uploads, dash.dirs, dash.runs_dir, dash.max_upload_bytes)
+        # The page comes back with the uploads' saved paths in their fields: Start needs no second upload.
+        fields.update({f"data.{s}": config["data"][s] for s in uploads})
         if fields.get("action") == "validate":
             ok, output = await run_in_threadpool(newrun.validate, newrun.write(dash.dirs, config, temporary=True))
-            return _new_form(request, session, 200 if ok else 400, fields, validated={"ok": ok, "output": output})
+            # 200 either way: validating worked; what it found is the page's content.
+            return _new_form(request, session, 200, fields, validated={"ok": ok, "output": output})
         newrun.check_free(dash.runs_dir, config["name"])
         job = dash.jobs.submit(config["name"], newrun.write(dash.dirs, config))
     except UserError as e:

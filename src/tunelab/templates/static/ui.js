@@ -3,7 +3,8 @@
 // An external file on purpose: the app's Content-Security-Policy forbids inline scripts.
 (function () {
   "use strict";
-  var FAST_MS = 2000, SLOW_MS = 15000;
+  // Every 2 s, whatever the run's state: a finished run can be resumed, and an unchanged log costs one stat.
+  var POLL_MS = 2000, RETRY_MS = 10000;
   var SMOOTHED = { loss: true, grad_norm: true };   // sparse validation points are never smoothed
   var NAMES = { loss: "train loss", eval_loss: "validation loss", learning_rate: "learning rate", grad_norm: "grad norm" };
   var COLORS = ["#2f5fb3", "#d1495b", "#00798c", "#edae49", "#66a182", "#8d5a97", "#30638e", "#b5651d"];
@@ -115,10 +116,10 @@
       figures.forEach(function (fig) { draw(fig, false); });
       var live = names.some(function (n) { return runs[n].state === "running"; });
       if (stateLine) stateLine.textContent = (live ? "live, " : "") + "updated " + new Date().toLocaleTimeString();
-      setTimeout(poll, live ? FAST_MS : SLOW_MS);
+      setTimeout(poll, POLL_MS);
     }).catch(function (err) {
       if (stateLine) stateLine.textContent = "not updating: " + err.message;
-      if (err.message !== "signed out") setTimeout(poll, SLOW_MS);
+      if (err.message !== "signed out") setTimeout(poll, RETRY_MS);
     });
   }
 
