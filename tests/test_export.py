@@ -193,3 +193,35 @@ def test_model_card_of_an_embedded_base_model_names_its_license():
     card = export.model_card(cfg, {}, {}, {"format": "safetensors", "merged": True})
     assert card.startswith('---\nlicense: "apache-2.0"\nbase_model: "smollm2-135m-instruct"')
     assert "license: Apache-2.0." in card and "(no test metrics)" in card and "Forgetting probe: not measured." in card
+
+
+@pytest.mark.parametrize("quant", ["f16", "q8_0"])
+def test_gguf_export_loads_back_with_transformers_gguf_loader(tmp_path, folders, quant):
+    rd, _ = make_run(tmp_path, folders, "llama", "lora")
+    out = export.run(rd.config(), rd, tmp_path / "gguf", fmt="gguf", quant=quant)
+    info = json.loads((out / "tunelab_export.json").read_text())
+    check = info["gguf_check"]
+    assert (out / info["gguf"]).is_file() and info["gguf"] == f"lora.{quant}.gguf"
+    assert check["greedy_equal"] and check["tokenizer_equal"] and check["max_abs_logit_diff"] <= check["tolerance"]
+    # Checked again here, independently of the export's own check: the GGUF is the merged model.
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    back = AutoModelForCausalLM.from_pretrained(out, gguf_file=info["gguf"]).eval()
+    ids = _chat_ids(out)
+    diff = float((_logits(merged, ids) - _logits(back, ids)).abs().max())
+    assert diff <= check["tolerance"]
+    if quant == "q8_0":   # really quantized, not f32 in disguise
+        assert diff > 1e-5 and (out / info["gguf"]).stat().st_size < (out / "model.safetensors").stat().st_size / 2
+    greedy = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(merged.generate(input_ids=ids, **greedy), back.generate(input_ids=ids, **greedy))
+
+
+def test_vllm_bundle_writes_the_exact_command(tmp_path, folders):
+    rd, _ = make_run(tmp_path, folders, "llama", "lora")
+    merged = export.run(rd.config(), rd, tmp_path / "vllm", fmt="vllm")
+    script = (merged / "vllm_serve.sh").read_text()
+    assert f"exec vllm serve {merged.resolve()} --served-model-name lora --host 127.0.0.1 --port 8000" in script
+    assert "--api-key ${VLLM_API_KEY}" in script and "vllm serve" in (merged / "VLLM.md").read_text()
+    adapter = export.run(rd.config(), rd, tmp_path / "vllm-adapter", merge=False, fmt="vllm")
+    script = (adapter / "vllm_serve.sh").read_text()
+    assert f"--enable-lora --max-lora-rank 4 --lora-modules lora={adapter.resolve()}" in script
+    assert f"vllm serve {folders['llama'].resolve()}" in script

@@ -87,6 +87,8 @@ def test_tunelab_run_end_to_end_through_the_cli(project):
     preds = [json.loads(l) for l in (rd.path / "predictions.jsonl").read_text().splitlines()]
     assert preds and all(p["prediction"] in labels for p in preds)
     assert "| fine-tuned |" in result.output and "| zero-shot (base) |" in result.output
+    assert "Verdict: The fine-tuned model" in result.output and m["verdict"]["comparisons"]
+    assert "Verdict:" in rd.report_md.read_text() and "Verdict:" in rd.report_html.read_text()
 
 
 def test_lora_changed_and_base_is_bit_identical(project, tmp_path):

@@ -19,7 +19,8 @@ from tunelab.evaluate import significance as S
 from tunelab.config import config_from_dict
 from tunelab.data.stage import prepare
 from tunelab.report import stage as report_stage
-from tunelab.report.html import SECTIONS, overfitting
+from tunelab.evaluate.verdict import overfitting
+from tunelab.report.html import SECTIONS
 from tunelab.core import templating
 from tunelab.core.rundir import RunDir
 

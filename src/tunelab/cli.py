@@ -81,11 +81,14 @@ def eval_(run_dir: Path, data: Optional[Path] = typer.Option(None, help="Evaluat
           allow_incomplete: bool = ALLOW_INCOMPLETE):
     """Evaluate a trained run folder (fine-tuned vs baselines) and refresh its report."""
     from tunelab import pipeline
+    from tunelab.evaluate.verdict import render as render_verdict
     from tunelab.report.markdown import comparison_table
 
     rd = _run_dir(run_dir)
     _guard(pipeline.evaluate_run, rd, data, allow_incomplete)
     typer.echo(comparison_table(rd.metrics()))
+    if rd.metrics().get("verdict"):
+        typer.echo(render_verdict(rd.metrics()["verdict"]))
 
 
 @app.command()
@@ -165,12 +168,82 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
 @app.command()
 def export(run_dir: Path, out: Optional[Path] = typer.Option(None, help="Output folder (default RUN_DIR/export)"),
            merge: bool = typer.Option(True, help="Merge adapters into the base weights"),
+           format: str = typer.Option("hf", "--format", help="hf (safetensors), gguf (llama.cpp/Ollama), vllm"),
+           quant: str = typer.Option("q8_0", "--quant", help="GGUF weights: f16 or q8_0"),
            allow_incomplete: bool = ALLOW_INCOMPLETE):
-    """Export a trained run: merged safetensors + tokenizer (or the unmerged adapter)."""
+    """Export a trained run: merged safetensors + tokenizer (or the unmerged adapter), GGUF, or a vLLM bundle."""
     from tunelab.export import stage
 
     rd = _run_dir(run_dir)
-    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd, out, merge, allow_incomplete))))
+    typer.echo(str(_guard(lambda: stage.run(rd.config(), rd, out, merge, allow_incomplete, format, quant))))
+
+
+@app.command()
+def serve(folders: list[Path] = typer.Argument(..., help="Run folders or export folders to serve (model id = run name)"),
+          host: Optional[str] = typer.Option(None, help="Address to bind (default 127.0.0.1; others need API keys)"),
+          port: Optional[int] = typer.Option(None, help="TCP port (default 8000)"),
+          keys_file: Optional[Path] = typer.Option(None, help="API-key store (default $TUNELAB_HOME/keys.json)"),
+          ssl_certfile: Optional[Path] = typer.Option(None, help="PEM certificate: serve HTTPS"),
+          ssl_keyfile: Optional[Path] = typer.Option(None, help="PEM private key for --ssl-certfile"),
+          base: bool = typer.Option(False, "--base", help="Also serve each run's untuned base model"),
+          log_prompts: bool = typer.Option(False, "--log-prompts", help="Log input/output text (PII redacted)"),
+          option: Optional[list[str]] = typer.Option(None, "--option", "-o",
+                                                     help="Any serve setting as key=value, e.g. -o max_batch_size=32"),
+          allow_incomplete: bool = ALLOW_INCOMPLETE):
+    """Serve fine-tuned runs: OpenAI-compatible API, web interface at /ui, Prometheus /metrics."""
+    from tunelab.serve import stage
+
+    def go():
+        overrides = dict(host=host, port=port, keys_file=str(keys_file) if keys_file else None,
+                         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                         serve_base=base or None, log_prompts=log_prompts or None)
+        for item in option or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise stage.ServeError(f"--option {item!r}: write key=value (a field of the serve: section)")
+            overrides[key.strip().removeprefix("serve.")] = value
+        stage.run(folders, stage.serve_config(folders, overrides), allow_incomplete)
+    _guard(go)
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of `tunelab serve`: create, list, revoke.")
+app.add_typer(keys_app, name="keys")
+KEYS_FILE = typer.Option(None, "--keys-file", help="Key store (default $TUNELAB_HOME/keys.json)")
+
+
+@keys_app.command("create")
+def keys_create(name: str = typer.Argument(..., help="Who or what the key is for"),
+                scope: str = typer.Option("api", help="api (every route) or metrics (a /metrics scrape token)"),
+                keys_file: Optional[Path] = KEYS_FILE):
+    """Create a key; it is printed once and only its salted hash is stored."""
+    from tunelab.serve.keys import KeyStore
+
+    store = KeyStore(keys_file)
+    key, entry = _guard(store.create, name, scope)
+    typer.echo(key)
+    typer.secho(f"key id {entry['id']} ({scope}) stored in {store.path}; the key above is not stored: keep it now",
+                err=True)
+
+
+@keys_app.command("list")
+def keys_list(keys_file: Optional[Path] = KEYS_FILE):
+    """List keys (id, name, scope, created, revoked), never the keys."""
+    from tunelab.serve.keys import KeyStore
+
+    for e in _guard(KeyStore(keys_file).list):
+        state = f"revoked {e['revoked']}" if e.get("revoked") else "active"
+        typer.echo(f"{e['id']}  {e['scope']:<7}  {e['created']}  {state:<28}  {e['name']}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (from `tunelab keys list`)"),
+                keys_file: Optional[Path] = KEYS_FILE):
+    """Revoke a key: running servers refuse it from their next request."""
+    from tunelab.serve.keys import KeyStore
+
+    e = _guard(KeyStore(keys_file).revoke, key_id)
+    typer.echo(f"revoked {e['id']} ({e['name']})")
 
 
 @app.command()

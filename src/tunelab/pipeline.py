@@ -10,6 +10,7 @@ from tunelab.config import Config
 from tunelab.core.rundir import RunDir
 from tunelab.data import stage as prepare_stage
 from tunelab.evaluate import stage as evaluate_stage
+from tunelab.evaluate.verdict import render as render_verdict
 from tunelab.methods import check_method
 from tunelab.models import load_tokenizer
 from tunelab.report import stage as report_stage
@@ -30,6 +31,8 @@ def run(cfg: Config, overwrite: bool = False) -> RunDir:
     evaluate_stage.run(cfg, rd, prepared, tokenizer)
     path = report_stage.run(cfg, rd)
     log.info("\n" + comparison_table(rd.metrics()))
+    if rd.metrics().get("verdict"):
+        log.info(render_verdict(rd.metrics()["verdict"]))
     log.info(f"report: {path}")
     return rd
 

@@ -15,9 +15,10 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
     tags.json (labels a person gave the run in the dashboard)
 
-Beside the run folders, the dashboard (`tunelab ui`) keeps uploads, the configs it started and its
-job logs in `<runs folder>/_ui/` (see `DashboardDir`); the leading underscore keeps it from ever
-being a run name.
+Beside the run folders, `tunelab serve` keeps its request log in `<runs folder>/_serving/` (see
+`request_log_path`), and the dashboard (`tunelab ui`) its uploads, the configs it started and its job
+logs in `<runs folder>/_ui/` (see `DashboardDir`); the leading underscore keeps them from ever being
+run names.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ OUTPUTS: dict[str, tuple] = {
     "prepare": ("data",),
     "train": ("checkpoints", "best", "last", "metrics.jsonl", "trainable.json", "tensorboard", ("metrics", "train")),
     "evaluate": ("predictions.jsonl", ("metrics", "test"), ("metrics", "eval_seconds"), ("metrics", "forgetting"),
-                 ("metrics", "evaluation")),
+                 ("metrics", "evaluation"), ("metrics", "verdict")),
     "report": ("report.md", "report.html", "loss.png"),
     "export": ("export",),
 }
@@ -62,6 +63,7 @@ DERIVED: dict[str, tuple[str, ...]] = {
 LIFECYCLE = ("prepare", "train", "evaluate", "report")
 MODEL_MARKER = ".tunelab-complete"   # written last into best/ and last/: the folder is whole
 DASHBOARD_DIR = "_ui"   # under the runs folder; `check_name` refuses names starting with "_"
+SERVING_DIR = "_serving"   # under the runs folder; `check_name` refuses names starting with "_"
 
 
 # ---------------------------------------------------------------- atomic writes
@@ -150,6 +152,11 @@ def git_sha() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def request_log_path(runs_dir: Path) -> Path:
+    """The request log `tunelab serve` appends to (JSONL; rotated copies get `.1`, `.2`, ...)."""
+    return Path(runs_dir) / SERVING_DIR / "requests.jsonl"
 
 
 # ---------------------------------------------------------------- prepared data

@@ -245,14 +245,29 @@ def length_filter(records: list[dict], min_chars: int, max_chars: int | None) ->
     return out, res
 
 
+def string_ops(date_order: str = "mdy") -> dict:
+    """The cleaning operations that act on one string at a time, by name."""
+    return {"html": html_to_text, "unicode": fix_unicode, "whitespace": fix_whitespace,
+            "pii": redact_pii, "dates": lambda s: normalise_dates(s, date_order)}
+
+
+def clean_text(s: str, ops: list[str], date_order: str = "mdy") -> str:
+    """`s` with the string operations among `ops` applied in order, as the data stage applied them to
+    training text (the server cleans request inputs the same way); record-level operations are skipped."""
+    strings = string_ops(date_order)
+    for op in ops:
+        if op in strings:
+            s = strings[op](s)
+    return s
+
+
 def clean(records: list[dict], ops: list[str], *, min_chars: int = 1, max_chars: int | None = None,
           date_order: str = "mdy", boilerplate_share: float = 0.3) -> tuple[list[dict], list[OpResult]]:
     """Apply cleaning operations in order; returns the records kept and one result per operation."""
     unknown = [op for op in ops if op not in OPS]
     if unknown:
         raise ValueError(f"unknown cleaning operation(s) {unknown}; known: {', '.join(OPS)}")
-    strings = {"html": html_to_text, "unicode": fix_unicode, "whitespace": fix_whitespace,
-               "pii": redact_pii, "dates": lambda s: normalise_dates(s, date_order)}
+    strings = string_ops(date_order)
     results = []
     for op in ops:
         if op in strings:

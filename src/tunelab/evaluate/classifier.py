@@ -49,16 +49,23 @@ def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, devi
 
 
 @torch.inference_mode()
+def head_probabilities(model, tokenizer, texts: list[str], prec: Precision, batch_size: int, max_length: int,
+                       desc: str = "fine-tuned") -> torch.Tensor:
+    """The classification head's softmax over the labels for each text, one row per text (batched, no grad)."""
+    model.to(prec.device).eval()
+    rows = []
+    for batch in _batches(tokenizer, texts, batch_size, max_length, prec.device, desc):
+        with prec.autocast():
+            logits = model(**batch).logits
+        rows.append(torch.softmax(logits.float(), -1).cpu())
+    return torch.cat(rows) if rows else torch.zeros(0, 0)
+
+
 def head_predictions(model, tokenizer, texts: list[str], labels: list[str], prec: Precision,
                      batch_size: int, max_length: int) -> list[str]:
     """The label of the classification head's argmax for each text (batched, no grad)."""
-    model.to(prec.device).eval()
-    out: list[str] = []
-    for batch in _batches(tokenizer, texts, batch_size, max_length, prec.device, "fine-tuned"):
-        with prec.autocast():
-            logits = model(**batch).logits
-        out += [labels[i] for i in logits.float().argmax(-1).tolist()]
-    return out
+    probs = head_probabilities(model, tokenizer, texts, prec, batch_size, max_length)
+    return [labels[i] for i in probs.argmax(-1).tolist()] if len(texts) else []
 
 
 @torch.inference_mode()

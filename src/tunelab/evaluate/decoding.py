@@ -12,6 +12,7 @@ position ids that skip them, so each row sees exactly its own prompt.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -42,11 +43,29 @@ class LabelTrie:
             trie.depth = max(trie.depth, len(ids))
         return trie
 
+    def sequences(self) -> list[list[int]]:
+        """Each label's token ids, in label order (walked back out of the trie)."""
+        out: list[list[int]] = [[] for _ in self.labels]
+        stack = [(self.root, [])]
+        while stack:
+            node, path = stack.pop()
+            for t, child in node.items():
+                if t is None:
+                    out[child] = path
+                else:
+                    stack.append((child, path + [t]))
+        return out
+
 
 @dataclass
 class Decoded:
     tokens: list[int]          # generated ids, without the end-of-turn token
     label: int | None = None   # index into LabelTrie.labels when constrained
+    stopped: bool = False      # ended by an end-of-turn token or a label, not by the token limit
+
+
+# on_token(prompt index, new token ids) -> True to stop that row now (a server's client went away)
+OnToken = Callable[[int, list[int]], bool]
 
 
 def common_prefix(prompts: list[list[int]]) -> list[int]:
@@ -69,14 +88,19 @@ class Decoder:
         self.device = next(model.parameters()).device
 
     @torch.inference_mode()
-    def run(self, prompts: list[list[int]], trie: LabelTrie | None = None, max_new_tokens: int = 64,
-            desc: str | None = None) -> list[Decoded]:
+    def run(self, prompts: list[list[int]], trie: LabelTrie | None = None, max_new_tokens: int | Sequence[int] = 64,
+            desc: str | None = None, ignore_eos: Sequence[bool] | None = None,
+            on_token: OnToken | None = None) -> list[Decoded]:
         """Decode every prompt greedily; with `trie`, only label continuations are allowed.
 
-        With `desc`, a progress bar (examples, with an ETA) shows under that name.
+        `max_new_tokens` and `ignore_eos` may be given per prompt (a server batches requests that ask
+        for different lengths); `on_token` sees each prompt's new tokens as they are chosen. With
+        `desc`, a progress bar (examples, with an ETA) shows under that name.
         """
         if not prompts:
             return []
+        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        ignore = list(ignore_eos) if ignore_eos is not None else [False] * len(prompts)
         self.model.eval()
         prefix = common_prefix(prompts)
         if len(prefix) < MIN_SHARED_PREFIX:
@@ -88,7 +112,9 @@ class Decoder:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start:start + self.batch_size]
                 suffixes = [prompts[i][len(prefix):] for i in idx]
-                for i, d in zip(idx, self._batch(prefix_kv, len(prefix), suffixes, trie, max_new_tokens)):
+                notify = (lambda r, ids, idx=idx: on_token(idx[r], ids)) if on_token else None
+                rows = _Rows([limits[i] for i in idx], [ignore[i] for i in idx], notify)
+                for i, d in zip(idx, self._batch(prefix_kv, len(prefix), suffixes, trie, rows)):
                     results[i] = d
                 bar.update(len(idx))
         return results  # type: ignore[return-value]
@@ -106,7 +132,7 @@ class Decoder:
         _, cache = self._forward(ids, torch.ones_like(ids), pos, DynamicCache())
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def _batch(self, prefix_kv, n_prefix: int, suffixes: list[list[int]], trie, max_new: int) -> list[Decoded]:
+    def _batch(self, prefix_kv, n_prefix: int, suffixes: list[list[int]], trie, rows: "_Rows") -> list[Decoded]:
         b, width = len(suffixes), max(len(s) for s in suffixes)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         smask = torch.zeros((b, width), dtype=torch.long)
@@ -125,8 +151,8 @@ class Decoder:
         out = [Decoded([]) for _ in range(b)]
         done = [False] * b
         next_pos = pos[:, -1] + 1
-        for _ in range(max_new if trie is None else trie.depth):
-            feed = self._advance(self._choose(logits, nodes, done), nodes, out, done)
+        for _ in range(max(rows.limits) if trie is None else trie.depth):
+            feed = self._advance(self._choose(logits, nodes, done), nodes, out, done, rows)
             if all(done):
                 break
             # Each row feeds its new tokens (several when the label trie forces a chain) in one
@@ -144,17 +170,21 @@ class Decoder:
             next_pos = next_pos + lens
         return out
 
-    def _advance(self, chosen: list[int], nodes, out: list[Decoded], done: list[bool]) -> list[list[int]]:
+    def _advance(self, chosen: list[int], nodes, out: list[Decoded], done: list[bool], rows: "_Rows") -> list[list[int]]:
         """Record each row's chosen token, follow forced trie chains, and return the tokens to feed next."""
         feed: list[list[int]] = [[] for _ in chosen]
         for r, t in enumerate(chosen):
             if done[r]:
                 continue
             if nodes[r] is None:                 # free generation
-                if t in self.end_ids:
+                if t in self.end_ids and not rows.ignore_eos[r]:
+                    done[r] = out[r].stopped = True
+                    continue
+                out[r].tokens.append(t)
+                stop = rows.notify(r, [t]) if rows.notify else False
+                if stop or len(out[r].tokens) >= rows.limits[r]:
                     done[r] = True
                 else:
-                    out[r].tokens.append(t)
                     feed[r] = [t]
                 continue
             seq, node = [t], nodes[r][t]
@@ -163,9 +193,13 @@ class Decoder:
                 seq.append(forced)
                 node = node[forced]
             nodes[r] = node
-            out[r].tokens.extend(x for x in seq if x not in self.end_ids)
+            new = [x for x in seq if x not in self.end_ids]
+            out[r].tokens.extend(new)
+            stop = rows.notify(r, new) if rows.notify and new else False
             if None in node:
-                out[r].label, done[r] = node[None], True
+                out[r].label, done[r], out[r].stopped = node[None], True, True
+            elif stop:
+                done[r] = True
             else:
                 feed[r] = seq
         return feed
@@ -182,3 +216,66 @@ class Decoder:
             row = logits[r, allowed]
             chosen.append(allowed[int(row.argmax())])
         return chosen
+
+
+    @torch.inference_mode()
+    def label_scores(self, prompt: list[int], trie: LabelTrie, chunk: int = 32) -> tuple[int, list[float]]:
+        """The label constrained greedy decoding answers for `prompt`, and every label's probability.
+
+        A label's probability is the product, along its path in the trie, of the model's next-token
+        distribution restricted to the tokens that continue some label (the distribution constrained
+        decoding draws from), so the probabilities sum to one over the label set. The label answered is
+        the greedy walk over the same logits, as `run` would decode it. Every label's continuation is
+        fed at once on top of the prompt's KV cache, `chunk` labels per forward pass.
+        """
+        self.model.eval()
+        seqs = trie.sequences()
+        ids = torch.tensor([prompt], device=self.device)
+        pos = torch.arange(len(prompt), device=self.device).unsqueeze(0)
+        first, cache = self._forward(ids, torch.ones_like(ids), pos, DynamicCache())
+        prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        node_logits: dict[tuple[int, ...], torch.Tensor] = {(): first[0, -1]}
+        for start in range(0, len(seqs), chunk):
+            part = [s[:-1] for s in seqs[start:start + chunk]]   # the last token is predicted, never fed
+            width = max(len(s) for s in part)
+            if width == 0:
+                continue
+            b = len(part)
+            block = torch.full((b, width), self.pad_id, dtype=torch.long)
+            real = torch.zeros((b, width), dtype=torch.long)
+            for r, s in enumerate(part):
+                block[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+                real[r, :len(s)] = 1
+            mask = torch.cat([torch.ones((b, len(prompt)), dtype=torch.long), real], dim=1).to(self.device)
+            step_pos = (len(prompt) + torch.arange(width)).unsqueeze(0).expand(b, -1).to(self.device)
+            kv = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prompt_kv])
+            logits, _ = self._forward(block.to(self.device), mask, step_pos, kv, keep=width)
+            for r, s in enumerate(part):
+                for j in range(len(s)):
+                    node_logits.setdefault(tuple(s[:j + 1]), logits[r, j])
+        logp = []
+        for s in seqs:
+            node, total = trie.root, 0.0
+            for j, t in enumerate(s):
+                allowed = [k for k in node if k is not None]
+                if len(allowed) > 1:
+                    row = torch.log_softmax(node_logits[tuple(s[:j])][allowed], -1)
+                    total += float(row[allowed.index(t)])
+                node = node[t]
+            logp.append(total)
+        probs = torch.softmax(torch.tensor(logp, dtype=torch.float64), -1).tolist()   # sums to 1 already; guards rounding
+        node, path = trie.root, []
+        while None not in node:
+            allowed = [k for k in node if k is not None]
+            t = allowed[int(node_logits[tuple(path)][allowed].argmax())] if len(allowed) > 1 else allowed[0]
+            path.append(t)
+            node = node[t]
+        return node[None], probs
+
+
+@dataclass
+class _Rows:
+    """Per-row settings of one batch: token limits, whether end-of-turn is ignored, the token callback."""
+    limits: list[int]
+    ignore_eos: list[bool]
+    notify: Callable[[int, list[int]], bool] | None = None

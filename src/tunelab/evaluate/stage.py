@@ -5,6 +5,7 @@ from __future__ import annotations
 from tunelab.config import Config
 from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared, load_prepared
+from tunelab.evaluate.verdict import conclude
 from tunelab.models import load_tokenizer
 from tunelab.tasks import TASKS
 
@@ -22,4 +23,9 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     prepared = prepared if prepared is not None else load_prepared(rd.data)
     with rd.stage("evaluate"):
-        return TASKS[cfg.task].evaluate_fn()(cfg, rd, prepared, tokenizer)
+        try:
+            return TASKS[cfg.task].evaluate_fn()(cfg, rd, prepared, tokenizer)
+        finally:   # also when a gate failed after the test figures were written
+            if rd.metrics().get("test"):
+                rd.set_metrics("verdict", conclude(rd.metrics()["test"], rd.read_log(), prepared.manifest,
+                                                   cfg.method.name, cfg.data.train_limit))

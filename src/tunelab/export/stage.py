@@ -20,7 +20,9 @@ from transformers import AutoTokenizer
 
 from tunelab.config import Config
 from tunelab.core.errors import UserError
+from tunelab.config import dump_config
 from tunelab.core.rundir import RunDir, atomic_folder, atomic_write_json, atomic_write_text
+from tunelab.export.bundle import EXPORT_INFO
 from tunelab.export.card import model_card
 from tunelab.methods import ADAPTERS_CONFIG, ADAPTERS_FILE, TASK_HEAD_NAMES, load_trained
 from tunelab.models import load_tokenizer
@@ -28,7 +30,6 @@ from tunelab.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-EXPORT_INFO = "tunelab_export.json"   # what was exported from which run, inside the export folder
 # fp32 merges reorder a few sums; real merge bugs (wrong scale, lost head) move logits by >0.1.
 TOLERANCE = 1e-3
 PROBES = [
@@ -117,25 +118,54 @@ def _export_peft(model, tokenizer, cfg: Config, out: Path, merge: bool) -> dict:
     return {"merged": True, "format": "safetensors", "max_abs_logit_diff": diff, "probes": len(inputs)}
 
 
+FORMATS = ("hf", "gguf", "vllm")
+
+
 def run(cfg: Config, rd: RunDir, out: Path | None = None, merge: bool = True,
-        allow_incomplete: bool = False) -> Path:
+        allow_incomplete: bool = False, fmt: str = "hf", quant: str = "q8_0") -> Path:
     """Export the run's `best/` to `out` (default the run's `export/`) and return the folder.
 
-    The folder is written whole or not at all (a temp folder renamed into place).
+    `fmt`: `hf` (safetensors folder), `gguf` (that folder plus `<run>.<quant>.gguf`, verified by loading
+    it back), `vllm` (that folder plus the exact `vllm serve` command). The folder is written whole or
+    not at all (a temp folder renamed into place).
 
     Raises:
         RunDirError: the run is not complete (unless `allow_incomplete`).
         ExportError: a method that cannot merge (prompt tuning, bottleneck adapters), or merged logits
             that differ from the adapter model's by more than `TOLERANCE`.
     """
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if fmt == "gguf" and not merge:
+        raise ExportError("GGUF holds whole weights: export it merged (without --no-merge)")
     best = rd.require_complete("export it", allow_incomplete)
     if out is None or Path(out).resolve() == rd.export_dir.resolve():
         with rd.stage("export"):
-            return _export(cfg, rd, best, rd.export_dir, merge)
-    return _export(cfg, rd, best, Path(out), merge)
+            return _export(cfg, rd, best, rd.export_dir, merge, fmt, quant)
+    return _export(cfg, rd, best, Path(out), merge, fmt, quant)
 
 
-def _export(cfg: Config, rd: RunDir, best: Path, out: Path, merge: bool) -> Path:
+def _deploy_format(cfg: Config, rd: RunDir, tmp: Path, info: dict, fmt: str, quant: str, labels, final: Path) -> dict:
+    """Write the GGUF file (verified) or the vLLM command into the export folder; returns what to record."""
+    if fmt == "gguf":
+        from tunelab.export import gguf
+
+        if TASKS[cfg.task].head != "causal_lm":
+            raise ExportError("GGUF export is for causal language models; this run has a classification head")
+        gguf_file = gguf.write_gguf(tmp, tmp / f"{rd.name}.{quant}.gguf", quant, rd.name)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        check = gguf.verify(tmp, gguf_file, quant, [ids[0].tolist() for ids in probe_inputs(tokenizer, cfg.task)])
+        log.info(f"GGUF {gguf_file.name}: max abs logit difference {check['max_abs_logit_diff']:.3g} "
+                 f"(tolerance {check['tolerance']}), greedy {check['greedy_tokens']} tokens equal on {check['probes']} probes")
+        return {"gguf": gguf_file.name, "gguf_check": check}
+    if fmt == "vllm":
+        from tunelab.export import vllm
+
+        return vllm.write_bundle(cfg, tmp, final, info, rd.name, labels)
+    return {}
+
+
+def _export(cfg: Config, rd: RunDir, best: Path, out: Path, merge: bool, fmt: str = "hf", quant: str = "q8_0") -> Path:
     # The tokenizer saved with the weights is the one training used (pad token and all).
     has_tokenizer = (best / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(best) if has_tokenizer else load_tokenizer(cfg.model)
@@ -157,7 +187,13 @@ def _export(cfg: Config, rd: RunDir, best: Path, out: Path, merge: bool) -> Path
         else:  # full or partly frozen fine-tuning: best/ already holds every weight
             _save_bundle(model, tokenizer, tmp)
             info = {"merged": False, "format": "safetensors", "note": "full weights: nothing to merge"}
-        doc = {"run": str(rd.path), "method": cfg.method.name, "task": cfg.task, "base_model": cfg.model.name, **info}
+        info.update(_deploy_format(cfg, rd, tmp, info, fmt, quant, labels or rd.data.manifest().get("labels"), out))
+        manifest = rd.data.manifest()
+        # The config, labels and input columns let `tunelab serve` render prompts exactly as the run did,
+        # from the export alone (the run folder may stay behind on the training machine).
+        doc = {"run": str(rd.path), "name": rd.name, "method": cfg.method.name, "task": cfg.task,
+               "base_model": cfg.model.name, **info, "labels": labels or manifest.get("labels"),
+               "columns": manifest.get("columns") or {}, "config": dump_config(cfg)}
         atomic_write_json(tmp / EXPORT_INFO, doc)
         atomic_write_text(tmp / "README.md", model_card(cfg, rd.metrics(), rd.data.manifest(), info))
     log.info(f"exported {cfg.method.name} ({info['format']}{', merged' if info['merged'] else ''}) to {out}")

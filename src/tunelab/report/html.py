@@ -22,6 +22,7 @@ import yaml
 from tunelab.core import templating
 from tunelab.core.rundir import RunDir
 from tunelab.evaluate import metrics as M
+from tunelab.evaluate.verdict import overfitting
 from tunelab.report.markdown import SYSTEM_NAMES
 from tunelab.report.plots import confusion_figure, data_uri, f1_figure, loss_figure, lr_figure, metric_bars
 
@@ -47,39 +48,13 @@ def _plot(fig, alt: str) -> dict[str, str]:
     return {"uri": data_uri(fig), "alt": alt}
 
 
-# ------------------------------------------------------------------ overfitting
-
-
-def overfitting(log: list[dict]) -> dict[str, Any]:
-    """Best validation step and the validations where val loss rose while train loss fell.
-
-    Train loss between two validations is the mean of the training records logged in between.
-    Returns `{"best_step", "best_eval_loss", "last_eval_loss", "rising": [step, ...], "overfit_from"}`
-    (`overfit_from` is the first rising step after the best one, or None).
-    """
-    evals = [r for r in log if "eval_loss" in r and "step" in r]
-    train = [r for r in log if "loss" in r and "step" in r and "eval_loss" not in r]
-    if not evals:
-        return {"best_step": None, "best_eval_loss": None, "last_eval_loss": None, "rising": [], "overfit_from": None}
-    best = min(evals, key=lambda r: r["eval_loss"])
-    rising, prev_train, prev = [], None, None
-    for r in evals:
-        window = [t["loss"] for t in train if (prev is None or t["step"] > prev["step"]) and t["step"] <= r["step"]]
-        mean_train = sum(window) / len(window) if window else None
-        if prev is not None and r["eval_loss"] > prev["eval_loss"] and None not in (mean_train, prev_train) \
-                and mean_train < prev_train:
-            rising.append(r["step"])
-        prev, prev_train = r, mean_train if mean_train is not None else prev_train
-    after = [s for s in rising if s > best["step"]]
-    return {"best_step": best["step"], "best_eval_loss": best["eval_loss"], "last_eval_loss": evals[-1]["eval_loss"],
-            "rising": rising, "overfit_from": after[0] if after else None}
-
-
 # ------------------------------------------------------------------ sections (None: not measured)
 
 
-def headline(test: dict) -> dict | None:
-    """The fine-tuned model's headline test metric with its interval, and each baseline's value, gain and p-value."""
+def headline(test: dict, verdict: dict | None = None) -> dict | None:
+    """The fine-tuned model's headline test metric with its interval, each baseline's value, gain and p-value,
+    and the run's verdict (metrics.json `verdict`) when given."""
+    verdict = verdict or {}
     ft = test.get("finetuned") or {}
     primary = next((k for k in ft if isinstance(ft[k], (int, float)) and k != "n"), None)
     if primary is None:
@@ -95,7 +70,8 @@ def headline(test: dict) -> dict | None:
         baselines.append({"name": _name(base), "value": other[primary], "ci": _ci(other, primary), "delta": delta,
                           "better": (delta > 0) == higher_better, "p": (ft.get("p_value_vs") or {}).get(base)})
     return {"metric": primary, "n": ft.get("n", "?"), "value": ft[primary], "ci": _ci(ft, primary),
-            "baselines": baselines}
+            "baselines": baselines, "verdict": verdict.get("conclusion"), "next": verdict.get("next") or [],
+            "wins": verdict.get("wins_every_baseline")}
 
 
 def _data(manifest: dict) -> dict | None:
@@ -232,7 +208,7 @@ def report_context(run_dir: RunDir) -> dict[str, Any]:
     marks = overfitting(log)
     is_cls = any("accuracy" in (test.get(s) or {}) for s in SYSTEMS) or raw_cfg.get("task") == "classification"
     data = {
-        "summary": headline(test),
+        "summary": headline(test, metrics.get("verdict") or {}),
         "data": _data(run_dir.data.manifest()),
         "training": _training(log, marks, metrics.get("train") or {}),
         "overfitting": marks if marks["best_step"] is not None else None,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tunelab.config import Config
 from tunelab.core.rundir import RunDir, atomic_write_bytes
-from tunelab.report.html import overfitting, render_html
+from tunelab.evaluate.verdict import overfitting
+from tunelab.report.html import render_html
 from tunelab.report.markdown import render_markdown
 from tunelab.report.plots import loss_figure, png_bytes
 
