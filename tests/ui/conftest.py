@@ -137,7 +137,7 @@ def dashboard(lab, tmp_path_factory):
     keys_file = root / "keys.json"
     key = create_key(keys_file)
     dash = Dashboard(runs, keys_file, root / "ui.log")
-    dash.key, dash.lab = key, lab
+    dash.key, dash.lab, dash.keys_file = key, lab, keys_file
     try:
         yield dash
     finally:

@@ -29,11 +29,12 @@ from tunelab.ui.state import Dashboard, RunNotFound, dashboard
 
 router = APIRouter(prefix="/ui", dependencies=[Depends(require_session)])
 
+# The dashboard's links in the app bar of every page of the app (serve/layout.html shows `app_nav`).
 NAV = [("/ui/runs", "Runs"), ("/ui/compare", "Compare"), ("/ui/new", "New run"), ("/ui/jobs", "Jobs")]
 
 
 def page(request: Request, template: str, session: Session, status: int = 200, **context) -> HTMLResponse:
-    return render(request, f"ui/{template}.html", status=status, session=session, dash_nav=NAV, **context)
+    return render(request, f"ui/{template}.html", status=status, session=session, **context)
 
 
 def _run(dash: Dashboard, name: str):

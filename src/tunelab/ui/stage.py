@@ -33,6 +33,7 @@ def build_app(state, serving: bool):
     from tunelab.serve import ui as serve_ui
     from tunelab.serve.app import create_app, health_router, include
     from tunelab.serve.auth import SessionRequired
+    from tunelab.ui.pages import NAV
     from tunelab.ui.pages import router as dashboard_router
 
     if serving:
@@ -42,6 +43,7 @@ def build_app(state, serving: bool):
         app.mount("/ui/static", serve_ui.static_app(), name="static")
         app.add_exception_handler(SessionRequired, serve_ui.session_required)
     include(app, dashboard_router)
+    serve_ui.templates.env.globals["app_nav"] = NAV   # every page of the app links the dashboard
     return app
 
 
@@ -52,42 +54,20 @@ def run(runs_dir: Path, cfg: ServeConfig, serve_paths: list[Path] = (), parallel
     Raises:
         ServeError: an address other than loopback without API keys, half a TLS pair, an incomplete served run.
     """
-    import threading
-
-    import uvicorn
-
     from tunelab.serve import stage as serve_stage
-    from tunelab.serve.app import AppState
-    from tunelab.serve.keys import KeyStore
-    from tunelab.serve.metrics import Metrics
     from tunelab.ui.jobs import JobQueue
     from tunelab.ui.state import KEY, Dashboard
 
-    serve_paths = [Path(p) for p in serve_paths]
-    for p in serve_paths:
-        serve_stage.check_servable(p, allow_incomplete)
-    keys = KeyStore(cfg.keys_file)
-    serve_stage.check_bind(cfg, keys)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    state = AppState(cfg, keys, Metrics(), None, tls=bool(cfg.ssl_certfile))
     jobs = JobQueue(runs_dir, parallel)
-    state.extra[KEY] = Dashboard(runs_dir, jobs, max_upload_bytes)
-    state.ready = not serve_paths
-    server = uvicorn.Server(uvicorn.Config(build_app(state, bool(serve_paths)), host=cfg.host, port=cfg.port,
-                                           log_level="warning", access_log=False, ssl_certfile=cfg.ssl_certfile,
-                                           ssl_keyfile=cfg.ssl_keyfile, timeout_graceful_shutdown=5))
-    scheme = "https" if cfg.ssl_certfile else "http"
-    log.info(f"tunelab ui on {scheme}://{cfg.host}:{cfg.port}/ui/ over {runs_dir.resolve()} "
-             f"(keys: {keys.path}, {keys.active_count()} active; sign in with one)")
-    if keys.active_count() == 0:
-        log.warning(f"no API key in {keys.path} yet: create one with `tunelab keys create NAME` to sign in")
-    if serve_paths:
-        threading.Thread(target=serve_stage.load_models_in_background,
-                         args=(state, serve_paths, allow_incomplete, server), daemon=True).start()
+
+    def build(state):
+        state.extra[KEY] = Dashboard(runs_dir, jobs, max_upload_bytes)
+        return build_app(state, bool(serve_paths))
+
+    log.info(f"dashboard over {runs_dir.resolve()}: sign in at /ui/login with an API key (tunelab keys create NAME)")
     try:
-        server.run()
+        serve_stage.run([Path(p) for p in serve_paths], cfg, allow_incomplete, build, title="tunelab ui")
     finally:
         jobs.close()
-        if state.engine is not None:
-            state.engine.stop()
