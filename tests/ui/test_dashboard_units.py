@@ -40,6 +40,8 @@ def test_index_rereads_only_changed_runs(runs, monkeypatch):
     reads = []
     monkeypatch.setattr(index, "summarize", lambda rd: reads.append(rd.name) or index.Summary(rd.name, status="x"))
     idx.summaries()
+    restarted = index.RunIndex(runs)                # a new server reads <runs>/_ui/index.json, not the runs
+    assert [s.status for s in restarted.summaries()] == ["complete", "complete"]
     assert reads == []
     RunDir(runs / "intents-b").set_tags(["best", " best ", ""])
     assert {s.name: s.tags for s in idx.summaries()}["intents-b"] == []      # the stub's row: it was re-read

@@ -215,6 +215,8 @@ class DashboardDir:
     def configs(self) -> Path: return self.path / "configs"
     @property
     def jobs(self) -> Path: return self.path / "jobs"
+    @property
+    def index_path(self) -> Path: return self.path / "index.json"   # the runs table's summaries, by file stamps
 
     def config_path(self, name: str) -> Path:
         """The config the dashboard writes for a run it starts."""

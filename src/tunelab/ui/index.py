@@ -17,13 +17,15 @@ from typing import Any
 
 import yaml
 
-from tunelab.core.rundir import RunDir, RunDirError
+from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, atomic_write_json, read_json
 from tunelab.report.html import headline
 
 log = logging.getLogger(__name__)
 
-# yaml's C loader reads a config ~10x faster than the pure-Python one; it is absent on some builds.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The summary needs only strings from config.yaml (task, model, method, created): the C base loader
+# builds no typed values and reads a config ~30% faster than the C safe loader (measured: 1.75 vs 2.5 ms
+# at load 11 on 2 cores); it is absent on builds without libyaml.
+_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 COLUMNS = ("name", "status", "task", "model", "method", "metric_value", "baseline_value", "gain", "train_seconds",
            "tokens_per_second", "created")
@@ -121,12 +123,41 @@ def _stamp(rd: RunDir) -> tuple:
 
 
 class RunIndex:
-    """Summaries of every run folder under `runs_dir`, each re-read only when one of its small files changed."""
+    """Summaries of every run folder under `runs_dir`, each re-read only when one of its small files changed.
 
-    def __init__(self, runs_dir: Path):
+    The summaries and their stamps are also kept in `<runs>/_ui/index.json`, so a restarted dashboard
+    reads one file instead of every run (the first scan of 1,000 Banking77-sized runs takes seconds:
+    parsing the YAML configs dominates); a stamp that no longer matches is re-read as usual.
+    """
+
+    def __init__(self, runs_dir: Path, persist: bool = True):
         self.runs_dir = Path(runs_dir)
-        self._cache: dict[str, tuple[tuple, Summary]] = {}
+        self.index_path = DashboardDir(self.runs_dir).index_path if persist else None
+        self._cache: dict[str, tuple[tuple, Summary]] = self._load()
         self._lock = threading.Lock()
+        # One scan at a time: a request arriving during the start-up scan waits for it and then finds
+        # everything cached, instead of parsing every run a second time beside it.
+        self._scan = threading.Lock()
+
+    def _load(self) -> dict[str, tuple[tuple, Summary]]:
+        if self.index_path is None:
+            return {}
+        try:
+            doc = read_json(self.index_path)
+            return {name: (_tuple(e["stamp"]), Summary(**e["summary"])) for name, e in doc.get("runs", {}).items()}
+        except (RunDirError, KeyError, TypeError) as e:
+            log.warning(f"{self.index_path}: not used ({e}); the runs are read again")
+            return {}
+
+    def _save(self) -> None:
+        if self.index_path is None:
+            return
+        with self._lock:
+            doc = {"runs": {name: {"stamp": stamp, "summary": s.as_dict()} for name, (stamp, s) in self._cache.items()}}
+        try:
+            atomic_write_json(self.index_path, doc, indent=None)
+        except RunDirError as e:   # a read-only runs folder still gets a dashboard, only without the file
+            log.warning(str(e))
 
     def run_dirs(self) -> list[RunDir]:
         """Run folders (those with a config.yaml); `_ui`, `_serving` and hidden folders are not runs."""
@@ -139,24 +170,33 @@ class RunIndex:
 
     def summaries(self) -> list[Summary]:
         """Every run's summary (cached by the mtimes of its small files); a running run's liveness is re-checked."""
-        out, seen = [], set()
+        with self._scan:
+            return self._summaries()
+
+    def _summaries(self) -> list[Summary]:
+        out, seen, changed = [], set(), False
         for rd in self.run_dirs():
             stamp = _stamp(rd)
             with self._lock:
                 hit = self._cache.get(rd.name)
             if hit is None or hit[0] != stamp or hit[1].status == "running":
                 hit = (stamp, summarize(rd))
+                changed = changed or hit[1].status != "running"
                 with self._lock:
                     self._cache[rd.name] = hit
             out.append(hit[1])
             seen.add(rd.name)
         with self._lock:
-            for gone in set(self._cache) - seen:
-                del self._cache[gone]
+            gone = set(self._cache) - seen
+            for name in gone:
+                del self._cache[name]
+        if changed or gone:
+            self._save()
         return out
 
-    def get(self, name: str) -> Summary | None:
-        return next((s for s in self.summaries() if s.name == name), None)
+
+def _tuple(stamp: list) -> tuple:
+    return tuple(tuple(x) if isinstance(x, list) else x for x in stamp)
 
 
 def _sort_key(column: str):

@@ -8,6 +8,7 @@ Same app factory, same sign-in (an API key -> a session cookie), same CSRF token
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
@@ -63,7 +64,9 @@ def run(runs_dir: Path, cfg: ServeConfig, serve_paths: list[Path] = (), parallel
     jobs = JobQueue(runs_dir, parallel)
 
     def build(state):
-        state.extra[KEY] = Dashboard(runs_dir, jobs, max_upload_bytes)
+        dash = state.extra[KEY] = Dashboard(runs_dir, jobs, max_upload_bytes)
+        # Read every run's summary now, not when the first person opens the runs page.
+        threading.Thread(target=dash.index.summaries, name="tunelab-ui-index", daemon=True).start()
         return build_app(state, bool(serve_paths))
 
     log.info(f"dashboard over {runs_dir.resolve()}: sign in at /ui/login with an API key (tunelab keys create NAME)")
