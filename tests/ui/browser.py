@@ -1,24 +1,10 @@
-"""Debian's chromium driven by Playwright for the dashboard tests: located (installed by `make setup`), a skip
-without it, a failure under CI=true."""
+"""Helpers of the dashboard's browser tests (Debian's chromium driven by Playwright; see apps.chromium)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-import pytest
-
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "ui"
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("Debian's chromium is missing: `apt-get install -y chromium` (make setup does it as root)")
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
 
 
 class Console:

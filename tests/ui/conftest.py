@@ -1,32 +1,19 @@
 """Fixtures of the dashboard tests: real runs trained here on tiny models (`tunelab run`), one real
-`tunelab ui` subprocess per module on a free loopback port, and an API key to sign in with."""
+`tunelab ui` subprocess per module on a free loopback port, an API key to sign in with, and a signed-in
+page of Debian's chromium (Playwright) per browser module."""
 
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tiny import tiny_llama
-
-INTENTS = {
-    "card_arrival": ["my card has not arrived", "where is my new card", "card delivery is late",
-                     "I am still waiting on my card", "track my card please", "new card never came"],
-    "transfer_pending": ["my transfer has not arrived", "why is my transfer pending", "the transfer failed",
-                         "money sent to a friend is missing", "cancel my bank transfer", "transfer fee is wrong"],
-    "pin_blocked": ["I forgot my pin", "my pin is blocked", "change my pin at the atm", "pin not working",
-                    "reset the pin of my card", "wrong pin three times"],
-}
-STARTUP_S = 120
+from apps import AppServer, chromium, create_key, free_port
+from browser import Console, sign_in
+from tiny import INTENTS, tiny_llama
 
 
 def write_data(folder: Path) -> dict[str, Path]:
@@ -75,40 +62,13 @@ def lab(tmp_path_factory) -> dict:
     return {"root": root, "runs": runs, "data": data, "model": model, "made": made}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def create_key(keys_file: Path, name: str = "tests") -> str:
-    out = subprocess.run([sys.executable, "-m", "tunelab.cli", "keys", "create", name, "--keys-file", str(keys_file)],
-                         capture_output=True, text=True, timeout=120, check=True)
-    return out.stdout.strip()
-
-
-class Dashboard:
-    """A `tunelab ui` subprocess on a free loopback port (`stop()` ends it; the fixture does)."""
+class Dashboard(AppServer):
+    """A `tunelab ui RUNS` subprocess on a free loopback port, ready (`stop()` ends it; the fixture does)."""
 
     def __init__(self, runs: Path, keys_file: Path, log: Path, *extra: str):
-        self.port = free_port()
-        self.url, self.log, self.runs = f"http://127.0.0.1:{self.port}", log, runs
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli", "ui", str(runs), "--port", str(self.port),
-                                      "--keys-file", str(keys_file), *extra],
-                                     stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, "TUNELAB_PROGRESS": "0"})
-        deadline = time.time() + STARTUP_S
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"tunelab ui exited with {self.proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"tunelab ui not ready in {STARTUP_S}s:\n{log.read_text()}")
+        super().__init__("ui", [str(runs), "--keys-file", str(keys_file), *extra], free_port(), log)
+        self.runs = runs
+        self.wait_ready()
 
     def session(self, key: str) -> httpx.Client:
         """An HTTP client signed in with `key` (the sign-in form, its CSRF cookie and field)."""
@@ -118,14 +78,6 @@ class Dashboard:
         r = c.post("/ui/login", data={"api_key": key, "csrf_token": token})
         assert r.status_code == 303, r.text
         return c
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +94,17 @@ def dashboard(lab, tmp_path_factory):
         yield dash
     finally:
         dash.stop()
+
+
+@pytest.fixture(scope="module")
+def page(dashboard):
+    """A signed-in Chromium page on the module's dashboard; `page.console.errors` collects console errors."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.console = Console(pg)
+        sign_in(pg, dashboard.url, dashboard.key)
+        yield pg
+        browser.close()

@@ -6,25 +6,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from browser import Console, chromium, shot, sign_in
+from browser import shot
 from tunelab.core.rundir import RunDir
 
 JOB_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def page(dashboard):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.console = Console(pg)
-        sign_in(pg, dashboard.url, dashboard.key)
-        yield pg
-        browser.close()
 
 
 def fill_form(page, dashboard, name: str, train_file, **fields) -> None:

@@ -115,6 +115,12 @@
     })).then(function () {
       figures.forEach(function (fig) { draw(fig, false); });
       var live = names.some(function (n) { return runs[n].state === "running"; });
+      // A run page whose run changed state (finished, failed, interrupted, resumed) reloads to show the new sections.
+      var title = document.getElementById("run-title");
+      if (title && names.length === 1 && runs[names[0]].state !== title.dataset.state) {
+        window.location.reload();
+        return;
+      }
       if (stateLine) stateLine.textContent = (live ? "live, " : "") + "updated " + new Date().toLocaleTimeString();
       setTimeout(poll, POLL_MS);
     }).catch(function (err) {
