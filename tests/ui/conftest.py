@@ -8,12 +8,12 @@ import csv
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 
-from apps import AppServer, chromium, create_key, free_port
+from apps import chromium, create_key
 from browser import Console, sign_in
 from tiny import INTENTS, tiny_llama
+from uiserver import Dashboard
 
 
 def write_data(folder: Path) -> dict[str, Path]:
@@ -60,24 +60,6 @@ def lab(tmp_path_factory) -> dict:
             raw["method"]["r"] = 8
         made[name] = tunelab.run(config_from_dict(raw)).path
     return {"root": root, "runs": runs, "data": data, "model": model, "made": made}
-
-
-class Dashboard(AppServer):
-    """A `tunelab ui RUNS` subprocess on a free loopback port, ready (`stop()` ends it; the fixture does)."""
-
-    def __init__(self, runs: Path, keys_file: Path, log: Path, *extra: str):
-        super().__init__("ui", [str(runs), "--keys-file", str(keys_file), *extra], free_port(), log)
-        self.runs = runs
-        self.wait_ready()
-
-    def session(self, key: str) -> httpx.Client:
-        """An HTTP client signed in with `key` (the sign-in form, its CSRF cookie and field)."""
-        c = httpx.Client(base_url=self.url, timeout=60)
-        form = c.get("/ui/login")
-        token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-        r = c.post("/ui/login", data={"api_key": key, "csrf_token": token})
-        assert r.status_code == 303, r.text
-        return c
 
 
 @pytest.fixture(scope="module")

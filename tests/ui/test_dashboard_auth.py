@@ -11,7 +11,7 @@ import sys
 import httpx
 from fastapi.routing import iter_route_contexts
 
-from conftest import Dashboard
+from uiserver import Dashboard
 from tunelab.config.serve import ServeConfig
 from tunelab.serve.app import PUBLIC_PATHS, AppState
 from tunelab.serve.keys import KeyStore
