@@ -24,6 +24,18 @@ def wait_points(page, chart: str, more_than: int, timeout_s: float) -> float:
     return time.monotonic() - t0
 
 
+def test_pages_need_a_session(page, dashboard):
+    other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})   # no session cookie
+    for path in ("/ui/runs", "/ui/runs/intents-a", "/ui/compare", "/ui/new", "/ui/jobs"):
+        r = other.goto(dashboard.url + path)
+        assert r.status == 401 and other.locator("#to-signin").is_visible(), path
+        assert other.locator("main table, main form, figure").count() == 0, path
+    shot(other, "0-signin-required")
+    other.click("#to-signin")
+    shot(other, "0-sign-in")
+    other.close()
+
+
 def test_runs_table(page, dashboard):
     page.goto(dashboard.url + "/ui/runs")
     rows = page.locator("#runs tbody tr")
@@ -99,4 +111,7 @@ def test_compare_shows_config_diff(page, dashboard):
     assert "intents-a" in page.locator("#paired-table").inner_text()
     wait_points(page, "loss", 0, 10)
     shot(page, "5-compare", full=True)
+    page.goto(dashboard.url + "/ui/compare?run=intents-a")       # fewer than two runs: pick them
+    assert page.locator("#pick input[value=intents-a]").is_checked()
+    shot(page, "5-compare-pick")
     assert page.console.errors == []

@@ -123,7 +123,7 @@ def test_uploads_are_size_limited(tmp_path):
 
 def test_predictions_browser_filters(runs):
     table = preds.scored(RunDir(runs / "intents-a"))
-    assert set(table["systems"]) == {"finetuned", "zero_shot", "few_shot"}
+    assert {s for s, _ in table["systems"]} == {"finetuned", "zero_shot", "few_shot"}
     ft = preds.browse(table, system="finetuned")
     wrong = preds.browse(table, system="finetuned", outcome="wrong")
     right = preds.browse(table, system="finetuned", outcome="right")

@@ -31,7 +31,7 @@ def scored(rd: RunDir) -> dict[str, Any]:
         correct.update({i: s > 0 for i, s in zip(idx, scores)})
     out = [{**r, "correct": correct.get(i), "system_name": SYSTEM_NAMES.get(str(r.get("system")), r.get("system"))}
            for i, r in enumerate(rows)]
-    systems = list(dict.fromkeys(str(r.get("system")) for r in rows))
+    systems = [(s, SYSTEM_NAMES.get(s, s)) for s in dict.fromkeys(str(r.get("system")) for r in rows)]
     classes = sorted({str(r["reference"]) for r in rows if isinstance(r.get("reference"), str)}) if labels else []
     return {"rows": out, "systems": systems, "classes": classes, "metric": metric}
 

@@ -61,12 +61,18 @@
     return { data: data, lines: lines, count: count, lastStep: lastStep };
   }
 
+  function tick(v) {
+    // Learning rates (1e-5) would all read "0" with the default labels.
+    if (v === null) return "";
+    return v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(1) : String(+v.toPrecision(3));
+  }
+
   function options(fig, lines) {
     var width = Math.max(280, fig.clientWidth - 8);
     return {
       width: width, height: 220,
       scales: { x: { time: false }, y: { distr: logscale && logscale.checked ? 3 : 1 } },
-      axes: [{ label: "step" }, { size: 64 }],
+      axes: [{ label: "step" }, { size: 64, values: function (u, splits) { return splits.map(tick); } }],
       legend: { live: true },
       series: [{ label: "step" }].concat(lines.map(function (l, i) {
         var sparse = l.key === "eval_loss";
