@@ -131,3 +131,10 @@ def test_predictions_browser_filters(runs):
     assert all(r["prediction"] != r["reference"] for r in wrong["rows"])
     label = table["classes"][0]
     assert all(label in (r["reference"], r["prediction"]) for r in preds.browse(table, label=label)["rows"])
+
+
+def test_form_refuses_remote_code(tmp_path):
+    form = {f.key: f.default for fs in newrun.form_fields().values() for f in fs}
+    form.update({"name": "x", "data.train": "t.csv", "model.trust_remote_code": "true"})
+    with pytest.raises(newrun.FormError, match="trust_remote_code is refused"):
+        newrun.build(form, {}, DashboardDir(tmp_path), tmp_path, 100)

@@ -166,6 +166,10 @@ def build(form: dict[str, str], uploads: dict[str, Any], dirs: DashboardDir, run
         _put(raw, f"data.{split}", str(save_upload(dirs, upload, limit)))
     raw.setdefault("base_dir", str(runs_dir))
     cfg = config_from_dict(raw, source="the New-run form")
+    if cfg.model.trust_remote_code:
+        # An upload could carry a model folder's code: from the browser, nobody may run code on the server.
+        raise FormError("model.trust_remote_code is refused from the dashboard (it runs code from the model "
+                        "folder); start such a run with `tunelab run` on the server")
     return dump_config(cfg)
 
 

@@ -6,6 +6,7 @@ It lives at `app.state.tunelab.extra["dashboard"]` of the one web app (serve/app
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tunelab.ui.index import RunIndex
 from tunelab.ui.jobs import JobQueue
 
 KEY = "dashboard"
+CACHED_PAGES = 32   # a run page's data holds its report's figures (up to ~1 MB): keep the recent ones only
 
 
 class RunNotFound(LookupError):
@@ -29,7 +31,7 @@ class Dashboard:
     jobs: JobQueue
     max_upload_bytes: int = 50_000_000
     index: RunIndex = None  # type: ignore[assignment]
-    _pages: dict[str, tuple[tuple, Any]] = field(default_factory=dict)
+    _pages: OrderedDict = field(default_factory=OrderedDict)   # key -> (stamp, value), least recent first
     _page_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self):
@@ -60,6 +62,9 @@ class Dashboard:
             if hit is None or hit[0] != stamp:
                 hit = (stamp, build())
                 self._pages[key] = hit
+            self._pages.move_to_end(key)
+            while len(self._pages) > CACHED_PAGES:
+                self._pages.popitem(last=False)
             return hit[1]
 
 
