@@ -37,6 +37,17 @@ SENTENCES = [
 
 LABELS = ["card", "transfer", "other"]
 
+# A tiny intent data set (three Banking77 intents, six queries each) for runs that are trained, evaluated,
+# served and shown in the dashboard by the tests.
+INTENTS = {
+    "card_arrival": ["my card has not arrived", "where is my new card", "card delivery is late",
+                     "I am still waiting on my card", "track my card please", "new card never came"],
+    "transfer_pending": ["my transfer has not arrived", "why is my transfer pending", "the transfer failed",
+                         "money sent to a friend is missing", "cancel my bank transfer", "transfer fee is wrong"],
+    "pin_blocked": ["I forgot my pin", "my pin is blocked", "change my pin at the atm", "pin not working",
+                    "reset the pin of my card", "wrong pin three times"],
+}
+
 SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>"]
 
 # The ChatML template SmolLM2-Instruct ships (system turn optional), so rendering code is exercised

@@ -200,6 +200,40 @@ def tune(config: Path, overrides: Optional[list[str]] = OVERRIDES,
 
 
 @app.command()
+def ui(runs_dir: Path = typer.Argument(Path("runs"), help="The runs folder to show (run folders and the dashboard's _ui/)"),
+       serve: Optional[list[Path]] = typer.Option(None, "--serve", help="Also serve this run (API, playground, "
+                                                  "metrics) in the same app; repeat for more runs"),
+       host: str = typer.Option("127.0.0.1", help="Address to bind (others need API keys: tunelab keys create)"),
+       port: int = typer.Option(8000, help="TCP port"),
+       keys_file: Optional[Path] = typer.Option(None, help="API-key store (default $TUNELAB_HOME/keys.json)"),
+       ssl_certfile: Optional[Path] = typer.Option(None, help="PEM certificate: serve HTTPS"),
+       ssl_keyfile: Optional[Path] = typer.Option(None, help="PEM private key for --ssl-certfile"),
+       parallel: int = typer.Option(1, min=1, help="Trainings the job queue runs at once"),
+       max_upload_mb: float = typer.Option(50.0, min=0.01, help="Largest data file (and request body) accepted"),
+       allow_incomplete: bool = ALLOW_INCOMPLETE):
+    """The web dashboard: start, watch, compare and inspect runs (sign in with an API key)."""
+    from tunelab.ui import stage
+
+    def go():
+        from tunelab.serve.stage import ServeError, serve_config
+
+        overrides = dict(host=host, port=port, keys_file=str(keys_file) if keys_file else None,
+                         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+                         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                         max_body_bytes=int(max_upload_mb * 1_000_000) + 100_000)   # + room for the form's fields
+        if serve:
+            cfg = serve_config(serve, overrides)
+        else:
+            from tunelab.config.serve import ServeConfig
+            try:
+                cfg = ServeConfig(**{k: v for k, v in overrides.items() if v is not None})
+            except ValueError as e:
+                raise ServeError(f"ui settings: {e}") from None
+        stage.run(runs_dir, cfg, serve or [], parallel, allow_incomplete, int(max_upload_mb * 1_000_000))
+    _guard(go)
+
+
+@app.command()
 def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
     """Check a config and its data (every problem listed) without training."""
     import tempfile

@@ -9,16 +9,7 @@ import pytest
 import yaml
 
 from servers import Server, create_key, free_port  # noqa: F401  (the serve tests import them from here)
-from tiny import tiny_bert_classifier, tiny_llama
-
-INTENTS = {
-    "card_arrival": ["my card has not arrived", "where is my new card", "card delivery is late",
-                     "I am still waiting on my card", "track my card please", "new card never came"],
-    "transfer_pending": ["my transfer has not arrived", "why is my transfer pending", "the transfer failed",
-                         "money sent to a friend is missing", "cancel my bank transfer", "transfer fee is wrong"],
-    "pin_blocked": ["I forgot my pin", "my pin is blocked", "change my pin at the atm", "pin not working",
-                    "reset the pin of my card", "wrong pin three times"],
-}
+from tiny import INTENTS, tiny_bert_classifier, tiny_llama
 
 
 def write_data(folder: Path) -> None:

@@ -4,23 +4,13 @@ build/screenshots/serve/. Under CI=true a missing browser fails the test instead
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from apps import chromium
+
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "serve"
-
-
-def chromium() -> str:
-    """Debian's chromium (installed by `make setup`); a skip without it, a failure under CI=true."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI") == "true":
-        pytest.fail("Debian's chromium is missing: `apt-get install -y chromium` (make setup does it as root)")
-    pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,12 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     checkpoints/  best/  last/  predictions.jsonl  report.md  report.html  loss.png  export/
     monitor/{status.json,report.html,windows.jsonl,candidates.jsonl,reference.json}  retrain_recommendation.json
     retrain/ (a challenger's data)  retrain.json (its comparison with the champion)  promoted.json
+    tags.json (labels a person gave the run in the dashboard)
 
 Beside the run folders, `tunelab serve` keeps its request log in `<runs folder>/_serving/` (see
-`request_log_path`); the leading underscore keeps it from ever being a run name.
+`request_log_path`), and the dashboard (`tunelab ui`) its uploads, the configs it started and its job
+logs in `<runs folder>/_ui/` (see `DashboardDir`); the leading underscore keeps them from ever being
+run names.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ MODEL_MARKER = ".tunelab-complete"   # written last into best/ and last/: the fo
 # Written last into a Trainer checkpoint folder (after the Trainer saved it): the checkpoint is whole.
 CHECKPOINT_MARKER = "tunelab_checkpoint.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")   # transformers' PREFIX_CHECKPOINT_DIR + step
+DASHBOARD_DIR = "_ui"   # under the runs folder; `check_name` refuses names starting with "_"
 SERVING_DIR = "_serving"   # under the runs folder; `check_name` refuses names starting with "_"
 
 
@@ -176,6 +180,32 @@ class DataDir:
         atomic_write_json(self.manifest_path, manifest, indent=1)
 
 
+# ---------------------------------------------------------------- the dashboard's own folder
+
+
+class DashboardDir:
+    """`<runs folder>/_ui/`: files the dashboard (`tunelab ui`) keeps beside the runs it shows."""
+
+    def __init__(self, runs_dir: Path):
+        self.path = Path(runs_dir) / DASHBOARD_DIR
+
+    @property
+    def uploads(self) -> Path: return self.path / "uploads"
+    @property
+    def configs(self) -> Path: return self.path / "configs"
+    @property
+    def jobs(self) -> Path: return self.path / "jobs"
+    @property
+    def index_path(self) -> Path: return self.path / "index.json"   # the runs table's summaries, by file stamps
+
+    def config_path(self, name: str) -> Path:
+        """The config the dashboard writes for a run it starts."""
+        return self.configs / f"{check_name(name)}.yaml"
+
+    def job_log(self, job_id: str) -> Path:
+        return self.jobs / f"{job_id}.log"
+
+
 # ---------------------------------------------------------------- the run folder
 
 
@@ -258,6 +288,18 @@ class RunDir:
     def promoted_path(self) -> Path: return self.path / "promoted.json"
     @property
     def mlflow_db(self) -> Path: return self.path.parent / "mlflow.db"   # shared by the runs of one folder
+    @property
+    def tags_path(self) -> Path: return self.path / "tags.json"
+
+    def summary_files(self) -> tuple[Path, ...]:
+        """The small files a one-line summary of the run is read from (the dashboard caches by their mtimes)."""
+        return (self.config_path, self.status_path, self.metrics_json, self.tags_path)
+
+    def downloads(self) -> dict[str, Path]:
+        """The run's files a person may download, by file name (only those present)."""
+        files = (self.report_html, self.report_md, self.config_path, self.metrics_json, self.metrics_jsonl,
+                 self.predictions_path, self.data.manifest_path, self.data.dropped_path, self.loss_plot)
+        return {p.name: p for p in files if p.is_file()}
 
     # ------------------------------------------------------------ opening and creating
 
@@ -615,6 +657,41 @@ class RunDir:
 
     def predictions(self) -> list[dict]:
         return read_jsonl(self.predictions_path)
+
+    def read_log_tail(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """metrics.jsonl records that start at byte `offset` or later, and the offset after the last whole line.
+
+        A line still being appended (no newline yet) is left for the next call, so a live reader
+        polling with the returned offset sees every record exactly once.
+        """
+        try:
+            with self.metrics_jsonl.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return [], 0
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        rows = []
+        for line in whole.splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue   # a damaged line is skipped, not fatal, for a live view
+        return rows, offset + len(whole)
+
+    def tags(self) -> list[str]:
+        """Labels a person gave the run (dashboard), in the order given."""
+        try:
+            tags = read_json(self.tags_path).get("tags") or []
+        except RunDirError:
+            return []
+        return [str(t) for t in tags]
+
+    def set_tags(self, tags: Iterable[str]) -> list[str]:
+        """Replace the run's tags (stripped, de-duplicated, empty ones dropped)."""
+        clean = list(dict.fromkeys(t.strip() for t in tags if t and t.strip()))
+        atomic_write_json(self.tags_path, {"tags": clean})
+        return clean
 
     def write_trainable(self, about: dict) -> None:
         atomic_write_json(self.trainable_path, about)

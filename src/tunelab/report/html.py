@@ -51,7 +51,10 @@ def _plot(fig, alt: str) -> dict[str, str]:
 # ------------------------------------------------------------------ sections (None: not measured)
 
 
-def _summary(test: dict, verdict: dict) -> dict | None:
+def headline(test: dict, verdict: dict | None = None) -> dict | None:
+    """The fine-tuned model's headline test metric with its interval, each baseline's value, gain and p-value,
+    and the run's verdict (metrics.json `verdict`) when given."""
+    verdict = verdict or {}
     ft = test.get("finetuned") or {}
     primary = next((k for k in ft if isinstance(ft[k], (int, float)) and k != "n"), None)
     if primary is None:
@@ -205,7 +208,7 @@ def report_context(run_dir: RunDir) -> dict[str, Any]:
     marks = overfitting(log)
     is_cls = any("accuracy" in (test.get(s) or {}) for s in SYSTEMS) or raw_cfg.get("task") == "classification"
     data = {
-        "summary": _summary(test, metrics.get("verdict") or {}),
+        "summary": headline(test, metrics.get("verdict") or {}),
         "data": _data(run_dir.data.manifest()),
         "training": _training(log, marks, metrics.get("train") or {}),
         "overfitting": marks if marks["best_step"] is not None else None,

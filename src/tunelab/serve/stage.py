@@ -139,8 +139,12 @@ def _load(state, paths: list[Path], allow_incomplete: bool, server, monitor: boo
         server.should_exit = True
 
 
-def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False, monitor: bool = False) -> None:
+def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False, monitor: bool = False, build=None,
+        title: str = "tunelab serve") -> None:
     """Serve `paths` (run or export folders) with `cfg` until interrupted.
+
+    `build(state) -> app` replaces `build_app` (`tunelab ui` adds its dashboard this way); with no
+    `paths` there are no models to load and the app is ready at once.
 
     Raises:
         ServeError: an unsafe or impossible setup; RunDirError: a run that is not complete.
@@ -159,22 +163,24 @@ def run(paths: list[Path], cfg: ServeConfig, allow_incomplete: bool = False, mon
     if cfg.threads:
         import torch
         torch.set_num_threads(cfg.threads)
-    log_path = Path(cfg.request_log) if cfg.request_log else request_log_path(runs_dirs[0])
-    state = AppState(cfg, keys, Metrics(), RequestLog(log_path, cfg.log_max_bytes, cfg.log_backups, cfg.log_prompts),
-                     tls=bool(cfg.ssl_certfile))
+    log_path = Path(cfg.request_log) if cfg.request_log else request_log_path(runs_dirs[0]) if runs_dirs else None
+    request_log = RequestLog(log_path, cfg.log_max_bytes, cfg.log_backups, cfg.log_prompts) if log_path else None
+    state = AppState(cfg, keys, Metrics(), request_log, tls=bool(cfg.ssl_certfile), ready=not paths)
     state.extra["rate_limiter"] = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
-    server = uvicorn.Server(uvicorn.Config(build_app(state), host=cfg.host, port=cfg.port, log_level="warning",
-                                           access_log=False, ssl_certfile=cfg.ssl_certfile,
+    server = uvicorn.Server(uvicorn.Config((build or build_app)(state), host=cfg.host, port=cfg.port,
+                                           log_level="warning", access_log=False, ssl_certfile=cfg.ssl_certfile,
                                            ssl_keyfile=cfg.ssl_keyfile, timeout_graceful_shutdown=5))
     scheme = "https" if cfg.ssl_certfile else "http"
-    log.info(f"tunelab serve on {scheme}://{cfg.host}:{cfg.port} (keys: {keys.path}, {keys.active_count()} active; "
-             f"request log: {log_path}); loading {len(paths)} model folder(s)...")
-    threading.Thread(target=_load, args=(state, paths, allow_incomplete, server, monitor), daemon=True).start()
+    log.info(f"{title} on {scheme}://{cfg.host}:{cfg.port} (keys: {keys.path}, {keys.active_count()} active; "
+             f"request log: {log_path or 'none'}); loading {len(paths)} model folder(s)...")
+    if paths:
+        threading.Thread(target=_load, args=(state, paths, allow_incomplete, server, monitor), daemon=True).start()
     try:
         server.run()
     finally:
         if state.engine is not None:
             state.engine.stop()
-        state.request_log.close()
+        if state.request_log is not None:
+            state.request_log.close()
     if state.load_error:
         raise ServeError(f"the models could not be loaded: {state.load_error}")

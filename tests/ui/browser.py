@@ -1,0 +1,28 @@
+"""Helpers of the dashboard's browser tests (Debian's chromium driven by Playwright; see apps.chromium)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "ui"
+
+
+class Console:
+    """Console errors and uncaught exceptions of a page (a page that renders cleanly has none)."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", lambda m: self.errors.append(f"{page.url}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"{page.url}: {e}"))
+
+
+def sign_in(page, url: str, key: str) -> None:
+    page.goto(url + "/ui/login")
+    page.fill("#api_key", key)
+    page.click("#signin")
+    page.wait_for_url("**/ui/runs")
+
+
+def shot(page, name: str, full: bool = False) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full)

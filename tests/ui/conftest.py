@@ -1,0 +1,92 @@
+"""Fixtures of the dashboard tests: real runs trained here on tiny models (`tunelab run`), one real
+`tunelab ui` subprocess per module on a free loopback port, an API key to sign in with, and a signed-in
+page of Debian's chromium (Playwright) per browser module."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apps import chromium, create_key
+from browser import Console, sign_in
+from tiny import INTENTS, tiny_llama
+from uiserver import Dashboard
+
+
+def write_data(folder: Path) -> dict[str, Path]:
+    """A tiny intent data set: train.csv (with its own validation carved out) and test.csv."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [(t, label) for label, texts in INTENTS.items() for t in texts]
+    files = {"train": folder / "train.csv", "test": folder / "test.csv"}
+    for split, items in (("train", [(f"{t} ({i})", lab) for i, (t, lab) in enumerate(rows * 2)]),
+                         ("test", [(f"question {i}: {t.upper()} today?", lab) for i, (t, lab) in enumerate(rows[::2])])):
+        with files[split].open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "category"])
+            w.writerows(items)
+    return files
+
+
+def run_config(name: str, runs_dir: Path, data: dict[str, Path], model: Path, **train) -> dict:
+    """A `tunelab run` config for the tiny model: LoRA, a few steps, every step logged."""
+    return {"name": name, "task": "sft", "runs_dir": str(runs_dir),
+            "data": {"train": str(data["train"]), "test": str(data["test"]), "input_columns": ["text"],
+                     "output_column": "category", "template": "Intent of: {text}", "max_length": 64,
+                     "val_fraction": 0.2, "dedup": {"near": False}},
+            "model": {"name": str(model)},
+            "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+            "train": {"lr": 5e-3, "max_steps": 6, "batch_size": 4, "eval_every": 3, "log_every": 1,
+                      "precision": "fp32", "threads": 1, "patience": None, **train},
+            "eval": {"baseline_per_class": 2, "few_shot_k": 2, "bootstrap_samples": 100, "forgetting": False}}
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory) -> dict:
+    """Two complete runs (different learning rate and rank) in one runs folder, made by `tunelab run`."""
+    import tunelab
+    from tunelab.config import config_from_dict
+
+    root = tmp_path_factory.mktemp("dashboard")
+    data = write_data(root / "data")
+    model = tiny_llama(root / "tiny-llama")
+    runs = root / "runs"
+    made = {}
+    for name, extra in (("intents-a", {}), ("intents-b", {"lr": 1e-3})):
+        raw = run_config(name, runs, data, model, **extra)
+        if name == "intents-b":
+            raw["method"]["r"] = 8
+        made[name] = tunelab.run(config_from_dict(raw)).path
+    return {"root": root, "runs": runs, "data": data, "model": model, "made": made}
+
+
+@pytest.fixture(scope="module")
+def dashboard(lab, tmp_path_factory):
+    """One dashboard per test module over a copy of the session's runs (modules never see each other's jobs)."""
+    root = tmp_path_factory.mktemp("ui")
+    runs = root / "runs"
+    shutil.copytree(lab["runs"], runs)
+    keys_file = root / "keys.json"
+    key = create_key(keys_file)
+    dash = Dashboard(runs, keys_file, root / "ui.log")
+    dash.key, dash.lab, dash.keys_file = key, lab, keys_file
+    try:
+        yield dash
+    finally:
+        dash.stop()
+
+
+@pytest.fixture(scope="module")
+def page(dashboard):
+    """A signed-in Chromium page on the module's dashboard; `page.console.errors` collects console errors."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.console = Console(pg)
+        sign_in(pg, dashboard.url, dashboard.key)
+        yield pg
+        browser.close()
