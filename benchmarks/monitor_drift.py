@@ -31,7 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from tunelab.config.monitor import MonitorConfig
 from tunelab.monitor.recommend import drift_detection
