@@ -518,8 +518,9 @@ class RunDir:
         """When `best/` was completed (its marker's time): changes whenever the run's model does."""
         return (read_json(self.best / MODEL_MARKER) or {}).get("written")
 
-    def require_trained(self, allow_incomplete: bool = False) -> Path:
-        """The `best/` model folder of a run whose training completed.
+    def require_trained(self, allow_incomplete: bool = False, what: str | None = None) -> Path:
+        """The `best/` model folder of a run whose training completed; `what` (e.g. "serve it") names what
+        the caller cannot do otherwise.
 
         Raises:
             RunDirError: training never ran, did not finish, or left an incomplete model folder;
@@ -541,7 +542,8 @@ class RunDir:
             return self.best
         if allow_incomplete and self.best.is_dir():
             return self.best
-        raise RunDirError(f"{self.path}: {problem}. Continue it with `tunelab train {self.config_path} --resume` "
+        raise RunDirError(f"{self.path}: {f'cannot {what}: ' if what else ''}{problem}. Continue it with "
+                          f"`tunelab train {self.config_path} --resume` "
                           "or train it again; --allow-incomplete uses whatever best/ holds")
 
     def require_complete(self, what: str, allow_incomplete: bool = False) -> Path:
@@ -550,7 +552,7 @@ class RunDir:
         Raises:
             RunDirError: as `require_trained`, or a later stage failed (e.g. the forgetting gate).
         """
-        best = self.require_trained(allow_incomplete)
+        best = self.require_trained(allow_incomplete, what)
         state = self.state()
         if state != "complete" and not allow_incomplete:
             st = self.status()
