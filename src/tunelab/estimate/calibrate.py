@@ -76,9 +76,11 @@ def _tokens(examples: list[dict]) -> int:
 
 
 def _calibration_config(cfg: Config, steps: int) -> Config:
-    """The run's config with the steps counted, no validation or logging during them, no tracking sinks."""
+    """The run's config with the steps counted, no validation, logging or checkpoints during them, no
+    tracking sinks."""
     train = cfg.train.model_copy(update={"max_steps": steps, "eval_every": 10 ** 9, "log_every": 10 ** 9,
-                                         "patience": None, "report_to": [], "stall_minutes": None})
+                                         "patience": None, "report_to": [], "stall_minutes": None,
+                                         "save_every": None})
     return cfg.model_copy(update={"train": train})
 
 

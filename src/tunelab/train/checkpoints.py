@@ -33,7 +33,9 @@ from transformers import TrainerCallback
 
 from tunelab.config import Config, differences, dump_config
 from tunelab.core.errors import UserError
+from tunelab.core.ranks import is_main_process, world_size
 from tunelab.core.rundir import RunDir, is_complete_model, model_marker, remove_tree
+from tunelab.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class CheckpointMarker(TrainerCallback):
         self.rd, self.keep, self.about, self.best_step = rd, keep, about, best_step
 
     def on_save(self, args, state, control, **kwargs):
+        # Each process writes its own RNG state into the checkpoint: rank 0 lists the files once all have.
+        distributed.barrier()
         if not state.is_world_process_zero:
             return
         folder = self.rd.checkpoint_path(state.global_step)
@@ -101,7 +105,7 @@ class CheckpointMarker(TrainerCallback):
         if best_step is not None and is_complete_model(self.rd.best):
             _link_tree(self.rd.best, self.rd.checkpoint_best(folder))
         self.rd.mark_checkpoint(folder, {"step": state.global_step, "log_lines": self.rd.log_lines(),
-                                         "best_step": best_step, **self.about()})
+                                         "best_step": best_step, "processes": world_size(), **self.about()})
         complete = [(s, p) for s, p in self.rd.checkpoint_folders() if self.rd.checkpoint_marker(p)]
         for _, old in complete[:-self.keep]:
             self.rd.remove_checkpoint(old)
@@ -117,6 +121,17 @@ def _link_tree(src: Path, dst: Path) -> None:
             shutil.copy2(s, d)
     remove_tree(dst)
     shutil.copytree(src, dst, copy_function=link)
+
+
+class NoFinalCheckpoint(TrainerCallback):
+    """The Trainer also saves a checkpoint at the last step; the run completes right after it and
+    `best/` and `last/` replace it, so it would only cost the time of writing the optimizer state
+    (and, in several processes, have each write its RNG state). Must come before StopOnSignal, whose
+    checkpoint of a stopped run is kept."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
 
 
 class StopOnSignal(TrainerCallback):
@@ -170,24 +185,46 @@ class ResumePoint:
 def resume_point(cfg: Config, rd: RunDir, data_fingerprint: str | None) -> ResumePoint | None:
     """The newest complete checkpoint of `rd`, with the run folder set back to its moment: newer and
     incomplete checkpoints removed, metrics.jsonl cut back to its length, `best/` as it was then.
-    None when no complete checkpoint exists (training starts again from step 0).
+    None when no complete checkpoint exists (training starts again from step 0). In several
+    processes rank 0 sets the folder back while the others wait, then they read which one it kept.
 
     Raises:
-        ResumeError: the checkpoint was saved with another training config or other prepared data.
+        ResumeError: the checkpoint was saved with another training config, other prepared data or
+            another number of processes.
     """
+    with distributed.main_first():
+        point = _newest_complete(rd, write=is_main_process())
+        if point is not None:
+            _refuse_other_run(cfg, rd, point, data_fingerprint)
+            if is_main_process():
+                dropped = rd.truncate_log(point.marker["log_lines"])
+                _restore_best(rd, point)
+                log.info(f"resuming from {point.folder.name} (step {point.step}); {dropped} log line(s) written "
+                         "after it removed from metrics.jsonl")
+    return point
+
+
+def _newest_complete(rd: RunDir, write: bool) -> ResumePoint | None:
+    """The newest checkpoint whose marker matches its files; with `write`, the others newer than it
+    (and every incomplete one) are removed."""
     point = None
     for step, folder in reversed(rd.checkpoint_folders()):
         marker = rd.checkpoint_marker(folder)
         if marker is not None:
             point = ResumePoint(folder, marker)
             break
-        log.warning(f"skipping {folder.name}: incomplete (its process was stopped while saving it)")
-    for step, folder in rd.checkpoint_folders():
-        if point is None or step > point.step or rd.checkpoint_marker(folder) is None:
-            rd.remove_checkpoint(folder)
-    if point is None:
+        if write:
+            log.warning(f"skipping {folder.name}: incomplete (its process was stopped while saving it)")
+    if write:
+        for step, folder in rd.checkpoint_folders():
+            if point is None or step > point.step or rd.checkpoint_marker(folder) is None:
+                rd.remove_checkpoint(folder)
+    if point is None and write:
         log.info(f"no complete checkpoint in {rd.checkpoints}: training starts again from step 0")
-        return None
+    return point
+
+
+def _refuse_other_run(cfg: Config, rd: RunDir, point: ResumePoint, data_fingerprint: str | None) -> None:
     if point.marker.get("config") != config_hash(cfg):
         refuse_changes(rd, "the training config", config_changes(rd, cfg) or
                        [f"{point.folder.name} was saved with another config than {rd.config_path} holds"],
@@ -195,11 +232,12 @@ def resume_point(cfg: Config, rd: RunDir, data_fingerprint: str | None) -> Resum
     if point.marker.get("data") != data_fingerprint:
         refuse_changes(rd, "the prepared data", [f"fingerprint {point.marker.get('data')} -> {data_fingerprint}"],
                        "resume with the data the run was trained on, or start a new run (--overwrite)")
-    dropped = rd.truncate_log(point.marker["log_lines"])
-    _restore_best(rd, point)
-    log.info(f"resuming from {point.folder.name} (step {point.step}); {dropped} log line(s) written after it "
-             "removed from metrics.jsonl")
-    return point
+    saved_with = point.marker.get("processes", 1)
+    if saved_with != world_size():
+        # train.batch_size is per process: another count changes the batches, and each process's RNG state is saved.
+        refuse_changes(rd, "the number of training processes", [f"{saved_with} -> {world_size()}"],
+                       f"resume with {'--nproc ' + str(saved_with) if saved_with > 1 else 'one process (no --nproc)'}, "
+                       "or start a new run (--overwrite)")
 
 
 def _restore_best(rd: RunDir, point: ResumePoint) -> None:

@@ -99,6 +99,7 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         val_ex = validation_subset(cfg, val_ex)
         model, about = build_model(cfg, rd, prepared)
         trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks)
+        trainer.add_callback(checkpoints.NoFinalCheckpoint())
         trainer.add_callback(stop := checkpoints.StopOnSignal())
         _mark_checkpoints(cfg, rd, trainer, best, prepared)   # last callback: after everything else saved
         if point is not None:
