@@ -5,7 +5,9 @@ losses and token counts as one process with 4, because the loss is normalised by
 tokens of the whole step across processes. Every file operation of every process is recorded
 (tests/_audit/sitecustomize.py): rank 1 touches nothing in the run folder. A rank stopped with
 SIGSTOP makes rank 0's stall watchdog print the stacks and the likely causes, record the stall and
-end the run.
+end the run. A two-process run killed mid-training resumes with `--nproc 2 --resume` to the same
+losses as one process (and refuses to resume in one); Ctrl-C stops both processes after the same
+step with one checkpoint, from which `--resume` finishes the run.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.core.rundir import RunDir
 from tunelab.pipeline import train_only
-from tunelab.train.launch import Launch
+from tunelab.train.launch import Launch, accelerate_command
 from tunelab.train.watchdog import STALL_EXIT_CODE, StallWatchdog
 
 TESTS = Path(__file__).resolve().parent
@@ -144,6 +147,103 @@ def test_watchdog_ends_a_run_whose_rank_stalls(project):
     assert f"code {STALL_EXIT_CODE}" in out or "exitcode  : 75" in out
     error = rd.status()["stages"]["train"]["error"]
     assert error.startswith("stall watchdog: rank 0 of 2") and "likely causes" in error
+
+
+# ---------------------------------------------------------------- resuming a multi-process run
+
+# Each process of a two-process run SIGKILLs itself when step 4 begins: checkpoint-2 is complete (every
+# rank's RNG state in it), step 3 is logged, and nothing gets to save or record anything more.
+CRASHING_WORKER = textwrap.dedent("""
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from tunelab.config import load_config
+    from tunelab.pipeline import _start
+    from tunelab.train import stage as train_stage
+
+    class Crash(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = load_config(sys.argv[1], sys.argv[2:])
+    rd, tokenizer, prepared = _start(cfg, False, False)
+    train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[Crash()])
+""")
+
+
+def _one_process_reference(project: Path) -> RunDir:
+    one = RunDir(project / "runs" / "one")
+    if one.state() != "complete":   # made by the first test; alone, this test makes it
+        one = train_only(load_config(project / "cfg.yaml", ["name=one", "train.batch_size=4"]))
+    return one
+
+
+def test_a_crashed_two_process_run_resumes_in_two_processes(project, tmp_path):
+    overrides = ["name=crashed", "train.save_every=2"]
+    script = tmp_path / "crashing_worker.py"
+    script.write_text(CRASHING_WORKER)
+    launch = Launch(2, project / "cfg.yaml", overrides).command()
+    worker = launch.index("-m", len(accelerate_command()))
+    done = subprocess.run([*launch[:worker], str(script), str(project / "cfg.yaml"), *overrides], cwd=project,
+                          env={**os.environ, "TUNELAB_PROGRESS": "0"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout[-3000:] + done.stderr[-3000:]
+    crashed = RunDir(project / "runs" / "crashed")
+    assert crashed.state() == "interrupted", crashed.status()
+    assert [s for s, _ in crashed.checkpoint_folders()] == [2]
+    marker = crashed.checkpoint_marker(crashed.checkpoint_path(2))
+    assert marker["processes"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(marker["files"])
+    assert max(r["step"] for r in crashed.read_log()) == 3
+
+    alone = _tunelab(project, "train", "cfg.yaml", *overrides, "--resume", "--no-estimate")
+    out, _ = alone.communicate(timeout=300)
+    assert alone.returncode == 2 and "the number of training processes changed" in out and "2 -> 1" in out, out[-3000:]
+    assert "resume with --nproc 2" in out and crashed.checkpoint_marker(crashed.checkpoint_path(2)) is not None
+
+    resumed = _tunelab(project, "train", "cfg.yaml", *overrides, "--nproc", "2", "--resume", "--no-estimate")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-4000:]
+    assert "resuming from checkpoint-2 (step 2)" in out, out[-4000:]
+    assert crashed.state() == "complete" and crashed.status()["stages"]["train"]["resumed_from"] == "checkpoint-2"
+    assert not crashed.checkpoints.exists()
+    one = _one_process_reference(project)
+    rows = [r for r in crashed.read_log() if "loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]   # step 3 once: the crashed run's line was cut
+    for step, loss in _per_step(one, "loss").items():
+        assert _per_step(crashed, "loss")[step] == pytest.approx(loss, rel=1e-4), step
+    for step, loss in _per_step(one, "eval_loss").items():
+        assert _per_step(crashed, "eval_loss")[step] == pytest.approx(loss, rel=1e-4), step
+    assert crashed.metrics()["train"]["tokens"] == one.metrics()["train"]["tokens"]
+
+
+def test_ctrl_c_stops_both_processes_after_one_step_and_resume_finishes(project, tmp_path):
+    overrides = ["name=ctrl_c", "train.max_steps=40", "train.eval_every=1000", "train.save_every=1000"]
+    proc = _tunelab(project, "train", "cfg.yaml", *overrides, "--nproc", "2", "--no-estimate", audit=tmp_path / "audit")
+    rd = RunDir(project / "runs" / "ctrl_c")
+    try:
+        _wait(lambda: rd.metrics_jsonl.is_file() and len(rd.read_log()) >= 2, 240, "training to start")
+        os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C: the terminal signals the foreground process group
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-4000:]
+    assert "--nproc 2 --resume" in out and "interrupted: training in 2 processes stopped" in out, out[-4000:]
+    assert rd.state() == "interrupted"
+    [(step, folder)] = rd.checkpoint_folders()   # one checkpoint, saved by both processes after the same step
+    assert 2 <= step < 40 and rd.checkpoint_marker(folder)["processes"] == 2
+    assert max(r["step"] for r in rd.read_log()) == step
+    # Rank 1 wrote nothing in the run folder but its RNG state into the checkpoint (torch writes that file
+    # from C++, out of the audit's sight; the folder it creates for it is seen).
+    ops = _audit(tmp_path / "audit")
+    assert "1" in ops and all(op[0] == "os.mkdir" and Path(op[1]) == folder for op in ops["1"]), ops["1"]
+    assert (folder / "rng_state_1.pth").is_file()
+
+    resumed = _tunelab(project, "train", "cfg.yaml", *overrides, "--nproc", "2", "--resume", "--no-estimate")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out[-4000:]
+    assert f"resuming from checkpoint-{step} (step {step})" in out
+    steps = [r["step"] for r in rd.read_log() if "loss" in r]
+    assert steps == list(range(1, 41)) and rd.state() == "complete"
 
 
 # ---------------------------------------------------------------- the launch command

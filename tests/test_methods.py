@@ -244,6 +244,20 @@ def test_qlora_without_cuda_refuses_and_suggests_lora(folders):
         load_kwargs(cfg)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_qlora_without_cuda_is_refused_before_a_run_folder_is_made(tmp_path):
+    from typer.testing import CliRunner
+
+    from test_pipeline import tiny_project
+    from tunelab.cli import app
+
+    cfg = tiny_project(tmp_path, "q")
+    for verb in ("train", "estimate"):
+        result = CliRunner().invoke(app, [verb, str(cfg), "method.name=qlora"])
+        assert result.exit_code == 2 and QLORA_NO_CUDA in result.output, result.output
+    assert not (tmp_path / "runs").exists()   # refused before anything was prepared
+
+
 def test_freeze_rejects_regex_matching_nothing_and_too_many_layers(folders):
     with pytest.raises(MethodError, match="matches no parameter"):
         apply_method(load(folders, "llama"), MethodConfig(name="freeze", trainable_regex="nope"), "sft")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import random
 import resource
 import tempfile
@@ -51,6 +52,8 @@ class Calibration:
     baseline_rss: int             # the process before the model was loaded
     peak_rss: int                 # the process's peak resident set after the steps
     peak_gpu: int | None          # the GPU memory torch's allocator reserved at most (CUDA runs)
+    load_average: float           # the machine's 1-minute load average when the steps ran (others' work too)
+    cores: int
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -149,4 +152,5 @@ def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, pr
     durations = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     return Calibration(steps=len(durations), step_seconds=sum(durations) / max(len(durations), 1),
                        tokens_per_step=_tokens(timed) / steps, eval_seconds_per_token=evaluate / max(_tokens(val_part), 1),
-                       save_seconds=save, setup_seconds=setup, baseline_rss=baseline, peak_rss=peak, peak_gpu=peak_gpu)
+                       save_seconds=save, setup_seconds=setup, baseline_rss=baseline, peak_rss=peak, peak_gpu=peak_gpu,
+                       load_average=os.getloadavg()[0], cores=os.cpu_count() or 1)

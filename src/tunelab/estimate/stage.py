@@ -86,7 +86,8 @@ class Estimate:
         if s:
             lines.append(f"  time: {_duration(s['total'])} = set-up {_duration(s['setup'])} + {p.steps:,} steps x "
                          f"{s['step']:.2f} s + {p.evals} validations x {s['eval']:.1f} s + {p.evals + 1} saves x "
-                         f"{s['save']:.1f} s (measured on this machine: {self.calibration.steps} calibration steps; "
+                         f"{s['save']:.1f} s (measured on this machine: {self.calibration.steps} calibration steps "
+                         f"at load average {self.calibration.load_average:.1f} on {self.calibration.cores} cores; "
                          "early stopping can end the run sooner)")
         else:
             lines.append("  time: not measured (no calibration steps ran)")
@@ -175,6 +176,10 @@ def run(cfg: Config, prepared: Prepared, tokenizer, nproc: int = 1, calibrate_st
             torch.set_num_threads(saved)
         est.memory = _measured(mem, est.calibration)
         est.seconds = _seconds(p, est.calibration)
+        cal = est.calibration
+        if prec.device == "cpu" and cal.load_average > 2 * cal.cores:   # twice as much work as cores: others' too
+            est.warnings.append(f"the machine is busy (load average {cal.load_average:.1f} on {cal.cores} cores): the "
+                                "time was measured under that load and will differ when it changes")
     _advise(cfg, est)
     return est
 

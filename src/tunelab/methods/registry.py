@@ -269,8 +269,10 @@ def check_method(cfg: MethodConfig, task: str) -> None:
     """Refuse a method that cannot run for `task` (before any data is prepared or model loaded).
 
     Raises:
-        MethodError: prompt tuning of a model with a classification head.
+        MethodError: prompt tuning of a model with a classification head; qlora without a CUDA device.
     """
+    if cfg.name == "qlora":
+        _require_cuda()
     if task not in TASKS:
         raise MethodError(f"unknown task {task!r} (expected one of {', '.join(TASKS)})")
     if cfg.name == "prompt_tuning" and TASKS[task].head != "causal_lm":

@@ -33,7 +33,7 @@ from transformers import TrainerCallback
 
 from tunelab.config import Config, differences, dump_config
 from tunelab.core.errors import UserError
-from tunelab.core.ranks import is_main_process, world_size
+from tunelab.core.ranks import is_main_process, launched, world_size
 from tunelab.core.rundir import RunDir, is_complete_model, model_marker, remove_tree
 from tunelab.train import distributed
 
@@ -96,6 +96,7 @@ class CheckpointMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         # Each process writes its own RNG state into the checkpoint: rank 0 lists the files once all have.
         distributed.barrier()
+        about = self.about()   # may be a collective (token counts summed over processes): before the rank test
         if not state.is_world_process_zero:
             return
         folder = self.rd.checkpoint_path(state.global_step)
@@ -105,7 +106,7 @@ class CheckpointMarker(TrainerCallback):
         if best_step is not None and is_complete_model(self.rd.best):
             _link_tree(self.rd.best, self.rd.checkpoint_best(folder))
         self.rd.mark_checkpoint(folder, {"step": state.global_step, "log_lines": self.rd.log_lines(),
-                                         "best_step": best_step, "processes": world_size(), **self.about()})
+                                         "best_step": best_step, "processes": world_size(), **about})
         complete = [(s, p) for s, p in self.rd.checkpoint_folders() if self.rd.checkpoint_marker(p)]
         for _, old in complete[:-self.keep]:
             self.rd.remove_checkpoint(old)
@@ -139,17 +140,22 @@ class StopOnSignal(TrainerCallback):
 
     A second signal stops at once (KeyboardInterrupt, no checkpoint). Handlers can only be installed
     in the main thread; elsewhere (a server running training in a thread) signals keep their meaning.
+    In several processes the signal reaches each one at its own moment (the launcher passes it on):
+    they agree after every step, so all stop after the same one and save one checkpoint together.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self):
-        self.received: int | None = None
+        self.received: int | None = None     # the signal this process received
+        self.stopped_by: int | None = None   # the signal that stopped training (in any process)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         try:
             yield
         finally:
@@ -163,8 +169,16 @@ class StopOnSignal(TrainerCallback):
         log.warning(f"{signal.Signals(signum).name} received: saving a resumable checkpoint after this step, "
                     "then stopping (send it again to stop at once, without a checkpoint)")
 
+    def _agreed(self) -> int | None:
+        if not launched():
+            return self.received
+        counts = distributed.sum_across([float(self.received == s) for s in self.SIGNALS])
+        return next((s for s, n in zip(self.SIGNALS, counts) if n), None)
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        if self.stopped_by is None:
+            self.stopped_by = self._agreed()
+        if self.stopped_by is not None:
             control.should_save = True
             control.should_training_stop = True
 

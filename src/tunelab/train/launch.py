@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.core.errors import UserError
+from tunelab.core.errors import Interrupted, UserError
 from tunelab.core.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -74,15 +76,38 @@ class Launch:
         """Start the processes and wait for them.
 
         Raises:
+            Interrupted: SIGINT/SIGTERM stopped training; the processes saved a resumable checkpoint.
             LaunchError: a process failed (the stall watchdog, an error in a rank); rank 0's recorded
                 error is in the message, each process's own output is above it.
         """
-        log.info(f"launching {self.nproc} training process{'es' if self.nproc > 1 else ''}: {self.printable()}")
-        code = subprocess.run(self.command()).returncode
+        procs = f"{self.nproc} process{'es' if self.nproc > 1 else ''}"
+        log.info(f"launching {procs}: {self.printable()}")
+        code = _wait(subprocess.Popen(self.command()))
         if code == 0:
             return
-        st = rd.status()
-        error = (st.get("stages", {}).get("train") or {}).get("error")
-        raise LaunchError(f"training in {self.nproc} process{'es' if self.nproc > 1 else ''} failed (the launcher "
-                          f"exited with code {code}); each process's output is above."
-                          + (f"\nrank 0 recorded: {error}" if error else ""))
+        entry = rd.status().get("stages", {}).get("train") or {}
+        if entry.get("status") == "interrupted":
+            raise Interrupted(f"training in {procs} stopped; a resumable checkpoint is in {rd.checkpoints}. Continue "
+                              f"with `tunelab train {rd.path} --nproc {self.nproc} --resume` (or `tunelab run ... "
+                              "--resume`)")
+        error = entry.get("error")
+        raise LaunchError(f"training in {procs} failed (the launcher exited with code {code}); each process's "
+                          f"output is above." + (f"\nrank 0 recorded: {error}" if error else ""))
+
+
+def _wait(proc: subprocess.Popen) -> int:
+    """Wait for the launcher to end. Ctrl-C reaches it too (one process group): it passes the signal to the
+    training processes, which save a checkpoint and stop, so this process keeps waiting for them instead
+    of killing the launcher (as `subprocess.run` would, orphaning them). SIGTERM, sent to this process
+    alone, is passed on to the launcher."""
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signum)) if main else None
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                log.warning("interrupt: waiting for the training processes to save a checkpoint and stop")
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)

@@ -15,7 +15,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from tunelab.config import Config
 from tunelab.core.errors import Interrupted
-from tunelab.core.ranks import is_main_process, launched, local_world_size
+from tunelab.core.ranks import is_main_process, launched, local_world_size, world_size
 from tunelab.core.rundir import RunDir, remove_tree
 from tunelab.data import Prepared, load_prepared
 from tunelab.methods import MethodError, apply_method, describe_trainable, load_kwargs, method_callbacks, param_groups
@@ -106,11 +106,12 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
             trainer.restore_counters(point.marker["counters"])
         with stop.installed():
             trainer.train(resume_from_checkpoint=str(point.folder) if point else None)
-        if stop.received is not None:
-            raise Interrupted(f"training stopped by {signal.Signals(stop.received).name} at step "
+        if stop.stopped_by is not None:
+            nproc = f" --nproc {world_size()}" if launched() else ""
+            raise Interrupted(f"training stopped by {signal.Signals(stop.stopped_by).name} at step "
                               f"{trainer.state.global_step}; a resumable checkpoint is in {rd.checkpoints}. "
-                              f"Continue with `tunelab train {rd.path} --resume` (or `tunelab run ... --resume`)",
-                              stop.received)
+                              f"Continue with `tunelab train {rd.path}{nproc} --resume` (or `tunelab run ... --resume`)",
+                              stop.stopped_by)
         return finish(cfg, rd, trainer, best, prec, about, enc_stats)
 
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 
 from tunelab.core.errors import UserError
+from tunelab.core.ranks import is_main_process
 from tunelab.train import distributed
 
 DIVERGENCE_CAUSES = """likely causes:
@@ -69,14 +70,19 @@ class TunelabTrainer(Trainer):
         return super().train(*args, **kwargs)
 
     def counters(self) -> dict:
-        """What a checkpoint records beyond the Trainer's state: sums the stock Trainer restarts on resume."""
-        return {"tokens_seen": self.tokens_seen, "supervised_seen": self.supervised_seen,
+        """What a checkpoint records beyond the Trainer's state: sums the stock Trainer restarts on resume,
+        the token counts summed over every process (a collective under DDP: every process calls it)."""
+        tokens, supervised = self.token_totals()
+        return {"tokens_seen": tokens, "supervised_seen": supervised,
                 "loss_sum": self.earlier["loss_sum"] + self._total_loss_scalar + float(self._tr_loss),
                 "wall_seconds": self.wall_seconds()}
 
     def restore_counters(self, counters: dict) -> None:
         """Continue the sums of a checkpoint's `counters()` (call before `train(resume_from_checkpoint=...)`)."""
-        self.tokens_seen, self.supervised_seen = counters["tokens_seen"], counters["supervised_seen"]
+        # The sums over every process go to rank 0 alone: token_totals() adds the processes' counts again.
+        mine = is_main_process()
+        self.tokens_seen = counters["tokens_seen"] if mine else 0
+        self.supervised_seen = counters["supervised_seen"] if mine else 0
         self.earlier = {"loss_sum": counters["loss_sum"], "wall_seconds": counters["wall_seconds"], "resumed": True}
 
     def wall_seconds(self) -> float:
