@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, atomic_write_json, read_json
+from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, StudyDir, atomic_write_json, read_json
 from tunelab.report.html import headline
 
 log = logging.getLogger(__name__)
@@ -160,13 +160,13 @@ class RunIndex:
             log.warning(str(e))
 
     def run_dirs(self) -> list[RunDir]:
-        """Run folders (those with a config.yaml); `_ui`, `_serving` and hidden folders are not runs."""
+        """Run folders (those with a config.yaml); `_ui`, `_serving`, hidden folders and tuning studies are not runs."""
         try:
             entries = list(os.scandir(self.runs_dir))
         except FileNotFoundError:
             return []
         dirs = [RunDir(Path(e.path)) for e in entries if e.is_dir() and e.name[0] not in "._"]
-        return [rd for rd in dirs if rd.config_path.is_file()]
+        return [rd for rd in dirs if rd.config_path.is_file() and not StudyDir(rd.path).is_study()]
 
     def summaries(self) -> list[Summary]:
         """Every run's summary (cached by the mtimes of its small files); a running run's liveness is re-checked."""
