@@ -130,9 +130,13 @@ async def resume(request: Request, name: str, session: Session = Depends(require
 
 @router.get("/runs/{name}/files/{filename}")
 async def download(request: Request, name: str, filename: str):
-    files = _run(dashboard(request), name).downloads()
+    return _download(_run(dashboard(request), name).downloads(), f"run {name}", filename)
+
+
+def _download(files: dict, owner: str, filename: str) -> FileResponse:
+    """`filename` of `files` (a run's or a study's downloads, by name) as an attachment; anything else is 404."""
     if filename not in files:
-        raise ApiError(404, f"run {name} has no downloadable file {filename!r}", "not_found")
+        raise ApiError(404, f"{owner} has no downloadable file {filename!r}", "not_found")
     return FileResponse(files[filename], filename=filename)
 
 
@@ -201,10 +205,7 @@ async def study_json(request: Request, name: str):
 
 @router.get("/studies/{name}/files/{filename}")
 async def study_download(request: Request, name: str, filename: str):
-    files = _study(dashboard(request), name).downloads()
-    if filename not in files:
-        raise ApiError(404, f"study {name} has no downloadable file {filename!r}", "not_found")
-    return FileResponse(files[filename], filename=filename)
+    return _download(_study(dashboard(request), name).downloads(), f"study {name}", filename)
 
 
 # ---------------------------------------------------------------- new run and jobs
