@@ -144,7 +144,8 @@ def test_form_refuses_remote_code(tmp_path):
 def test_a_study_is_a_study_not_a_run(runs):
     sd = StudyDir(runs / "intents-study")
     assert sd.is_study() and not StudyDir(runs / "intents-a").is_study()
-    assert "intents-study" not in [rd.name for rd in index.RunIndex(runs, persist=False).run_dirs()]
+    assert RunDir(runs / "intents-a").summary_files()[index._STATUS].name == "status.json"
+    assert "intents-study" not in [s.name for s in index.RunIndex(runs, persist=False).summaries()]
     assert [s.path.name for s in studies.study_dirs(runs)] == ["intents-study"]
     s = studies.summarize(sd)
     assert s["finished"] and s["problem"] is None and len(s["rows"]) == 2 and sum(s["states"].values()) == 2

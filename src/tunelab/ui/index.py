@@ -111,6 +111,9 @@ def summarize(rd: RunDir) -> Summary:
     return s
 
 
+_STATUS = 1   # status.json's place in RunDir.summary_files()
+
+
 def _stamp(rd: RunDir) -> tuple:
     out = []
     for p in rd.summary_files():
@@ -160,13 +163,14 @@ class RunIndex:
             log.warning(str(e))
 
     def run_dirs(self) -> list[RunDir]:
-        """Run folders (those with a config.yaml); `_ui`, `_serving`, hidden folders and tuning studies are not runs."""
+        """Folders with a config.yaml; `_ui`, `_serving` and hidden folders are not runs (nor are tuning studies,
+        which `summaries` leaves out)."""
         try:
             entries = list(os.scandir(self.runs_dir))
         except FileNotFoundError:
             return []
         dirs = [RunDir(Path(e.path)) for e in entries if e.is_dir() and e.name[0] not in "._"]
-        return [rd for rd in dirs if rd.config_path.is_file() and not StudyDir(rd.path).is_study()]
+        return [rd for rd in dirs if rd.config_path.is_file()]
 
     def summaries(self) -> list[Summary]:
         """Every run's summary (cached by the mtimes of its small files); a running run's liveness is re-checked."""
@@ -177,6 +181,9 @@ class RunIndex:
         out, seen, changed = [], set(), False
         for rd in self.run_dirs():
             stamp = _stamp(rd)
+            # A study folder has a config.yaml but no status.json: only folders without one pay for the check.
+            if stamp[_STATUS] is None and StudyDir(rd.path).is_study():
+                continue
             with self._lock:
                 hit = self._cache.get(rd.name)
             if hit is None or hit[0] != stamp or hit[1].status == "running":
