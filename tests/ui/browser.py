@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "ui"
+# TUNELAB_SCREENSHOTS=DIR sends the browser tests' screenshots of every page there (for a closing note).
+SHOTS = Path(os.environ.get("TUNELAB_SCREENSHOTS") or Path(__file__).resolve().parents[2] / "build" / "screenshots" / "ui")
 
 
 class Console:

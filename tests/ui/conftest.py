@@ -45,7 +45,8 @@ def run_config(name: str, runs_dir: Path, data: dict[str, Path], model: Path, **
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory) -> dict:
-    """Two complete runs (different learning rate and rank) in one runs folder, made by `tunelab run`."""
+    """Two complete runs (different learning rate and rank) in one runs folder, made by `tunelab run`, and a
+    finished tuning study beside them (`tunelab tune`)."""
     import tunelab
     from tunelab.config import config_from_dict
 
@@ -59,7 +60,19 @@ def lab(tmp_path_factory) -> dict:
         if name == "intents-b":
             raw["method"]["r"] = 8
         made[name] = tunelab.run(config_from_dict(raw)).path
-    return {"root": root, "runs": runs, "data": data, "model": model, "made": made}
+    study = tune_study(runs, data, model)
+    return {"root": root, "runs": runs, "data": data, "model": model, "made": made, "study": study}
+
+
+def tune_study(runs: Path, data: dict[str, Path], model: Path) -> Path:
+    """A finished `tunelab tune` study of two trials (two learning rates) in the runs folder."""
+    from tunelab.config import config_from_dict
+    from tunelab.tune import stage
+
+    raw = run_config("intents", runs, data, model, max_steps=4, eval_every=2)
+    raw["tune"] = {"n_trials": 2, "startup_trials": 2, "study_name": "intents-study", "eval_examples": 8,
+                   "space": {"train.lr": [5e-3, 1e-3]}}
+    return stage.run(config_from_dict(raw)).path
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +99,9 @@ def page(dashboard):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        # Validate waits for a `tunelab validate` child process (it imports torch and the tokenizer): on a
+        # loaded 2-core machine that took over Playwright's default 30 s (load 26, measured).
+        pg.set_default_timeout(120_000)
         pg.console = Console(pg)
         sign_in(pg, dashboard.url, dashboard.key)
         yield pg

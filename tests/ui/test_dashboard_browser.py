@@ -1,12 +1,13 @@
 """The dashboard in real headless Chromium over real tiny runs: every page renders without console errors, a curve
 gains a point when a step is logged, compare shows the config diff, a run started from the form completes and
-appears in the table, Cancel leaves an `interrupted` run. Screenshots go to build/screenshots/ui/."""
+appears in the table, Cancel leaves an `interrupted` run; a tuning study has its own page. Screenshots go to
+build/screenshots/ui/ (or $TUNELAB_SCREENSHOTS)."""
 
 from __future__ import annotations
 
 import time
 
-from browser import shot
+from browser import Console, shot
 from tunelab.core.rundir import RunDir
 
 LIVE_BOUND_S = 5.0
@@ -26,13 +27,17 @@ def wait_points(page, chart: str, more_than: int, timeout_s: float) -> float:
 
 def test_pages_need_a_session(page, dashboard):
     other = page.context.browser.new_page(viewport={"width": 1280, "height": 900})   # no session cookie
-    for path in ("/ui/runs", "/ui/runs/intents-a", "/ui/compare", "/ui/new", "/ui/jobs"):
+    for path in ("/ui/runs", "/ui/runs/intents-a", "/ui/compare", "/ui/new", "/ui/jobs", "/ui/studies",
+                 "/ui/studies/intents-study"):
         r = other.goto(dashboard.url + path)
         assert r.status == 401 and other.locator("#to-signin").is_visible(), path
         assert other.locator("main table, main form, figure").count() == 0, path
     shot(other, "0-signin-required")
+    console = Console(other)                # the 401 answers above are console errors by design; the form is not
     other.click("#to-signin")
+    other.wait_for_selector("#api_key")
     shot(other, "0-sign-in")
+    assert console.errors == []
     other.close()
 
 
@@ -114,4 +119,32 @@ def test_compare_shows_config_diff(page, dashboard):
     page.goto(dashboard.url + "/ui/compare?run=intents-a")       # fewer than two runs: pick them
     assert page.locator("#pick input[value=intents-a]").is_checked()
     shot(page, "5-compare-pick")
+    assert page.console.errors == []
+
+
+def test_study_page(page, dashboard):
+    import csv
+
+    from tunelab.core.rundir import StudyDir
+
+    sd = StudyDir(dashboard.runs / "intents-study")
+    rows = list(csv.DictReader(sd.trials_csv.open()))
+    best = next(r for r in rows if r["best"] == "True")
+    page.goto(dashboard.url + "/ui/runs")
+    assert page.locator("#runs tbody tr[data-run=intents-study]").count() == 0     # a study is not a run
+    page.click("nav.app a:has-text('Studies')")
+    row = page.locator("#studies tbody tr[data-study=intents-study]")
+    assert row.count() == 1 and f"trial {best['number']}" in row.inner_text()
+    shot(page, "12-studies")
+    row.locator("a").first.click()
+    page.wait_for_url("**/ui/studies/intents-study")
+    assert page.locator("#trials-table tbody tr").count() == len(rows) == 2
+    assert page.locator("#trials-table tbody tr.best").get_attribute("data-trial") == best["number"]
+    assert f"(trial {best['number']})" in page.locator("#best-value").inner_text()
+    objective = list(best)[2]                   # trials.csv: number, state, the objective, ...
+    assert f"validation {objective} {float(best[objective]):.4f}" in page.locator("#best-value").inner_text()
+    link = page.locator("#study-files a", has_text="tune_report.html")
+    r = page.request.get(dashboard.url + link.get_attribute("href"))
+    assert r.status == 200 and b"configurations tried" in r.body()
+    shot(page, "13-study", full=True)
     assert page.console.errors == []

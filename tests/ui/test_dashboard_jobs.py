@@ -108,8 +108,10 @@ def test_cancel_leaves_an_interrupted_run(page, dashboard):
     assert RunDir(dashboard.runs / "long").status().get("stages", {}).get("train", {}).get("status") == "interrupted"
     page.goto(dashboard.url + "/ui/runs/long")
     assert "interrupted" in page.locator("h1 .status").inner_text()
-    shot(page, "11-run-interrupted")
     wait_job(page, dashboard, "long", ("cancelled",), 60)
+    page.reload()
+    assert page.locator("#resume").is_visible()          # it can be resumed (`tunelab run --resume`)
+    shot(page, "11-run-interrupted")
     page.goto(dashboard.url + "/ui/jobs")
     assert page.locator(".job .status.cancelled").count() == 1
     assert page.console.errors == []

@@ -1,5 +1,6 @@
 """The dashboard's data, without a server: run summaries and their cache, filters and sorting, the incremental
-curve reader, the config diff, the New-run form generated from the schema, uploads, the predictions browser."""
+curve reader, the config diff, the New-run form generated from the schema, uploads, the predictions browser, a tuning
+study's page data."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import shutil
 import pytest
 
 from tunelab.config import Config, json_schema
-from tunelab.core.rundir import DashboardDir, RunDir
-from tunelab.ui import curves, index, newrun
+from tunelab.core.rundir import DashboardDir, RunDir, StudyDir
+from tunelab.ui import curves, index, newrun, studies
 from tunelab.ui import predictions as preds
 from tunelab.ui.compare import config_diff
 
@@ -138,3 +139,21 @@ def test_form_refuses_remote_code(tmp_path):
     form.update({"name": "x", "data.train": "t.csv", "model.trust_remote_code": "true"})
     with pytest.raises(newrun.FormError, match="trust_remote_code is refused"):
         newrun.build(form, {}, DashboardDir(tmp_path), tmp_path, 100)
+
+
+def test_a_study_is_a_study_not_a_run(runs):
+    sd = StudyDir(runs / "intents-study")
+    assert sd.is_study() and not StudyDir(runs / "intents-a").is_study()
+    assert RunDir(runs / "intents-a").summary_files()[index._STATUS].name == "status.json"
+    assert "intents-study" not in [s.name for s in index.RunIndex(runs, persist=False).summaries()]
+    assert [s.path.name for s in studies.study_dirs(runs)] == ["intents-study"]
+    s = studies.summarize(sd)
+    assert s["finished"] and s["problem"] is None and len(s["rows"]) == 2 and sum(s["states"].values()) == 2
+    assert s["objective"] == "accuracy" and "best" not in s["header"]
+    best = [r for r in s["rows"] if r["best"] == "True"]
+    assert len(best) == 1 and s["best"] == {"number": best[0]["number"], "value": best[0]["accuracy"]}
+    assert {"tune_report.html", "trials.csv", "best_config.yaml"} <= set(s["downloads"])
+    sd.trials_csv.unlink()                      # a study still searching: its trial folders, no best yet
+    searching = studies.summarize(sd)
+    assert not searching["finished"] and searching["best"] is None
+    assert [r["number"] for r in searching["rows"]] == [0, 1] and searching["header"] == ["number", "state", "folder"]

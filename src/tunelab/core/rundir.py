@@ -764,6 +764,15 @@ class StudyDir:
     @property
     def report_html(self) -> Path: return self.path / "tune_report.html"
 
+    def is_study(self) -> bool:
+        """A study folder (not a run folder, though it too has a config.yaml): one with trials or its database."""
+        return self.config_path.is_file() and (self.trials_dir.is_dir() or self.db_path.is_file())
+
+    def downloads(self) -> dict[str, Path]:
+        """The study's files a person may download, by file name (only those present)."""
+        files = (self.report_html, self.trials_csv, self.best_config_path, self.config_path)
+        return {p.name: p for p in files if p.is_file()}
+
     def trial(self, number: int) -> RunDir:
         """The run folder of trial `number`."""
         return RunDir(self.trials_dir / str(number))

@@ -55,6 +55,12 @@ def trial_rows(study: optuna.Study, names: list[str]) -> tuple[list[str], list[d
 
 def write_trials_csv(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Objective) -> None:
     header, rows = trial_rows(study, value_names(cfg, objective))
+    # Which row is the study's best (the one best_config.yaml is), so readers of the file need not know
+    # the objective's direction (the dashboard's study page marks it).
+    best = best_trial(study)
+    for row in rows:
+        row["best"] = best is not None and row["number"] == best.number
+    header.append("best")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=header)
     writer.writeheader()

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, atomic_write_json, read_json
+from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, StudyDir, atomic_write_json, read_json
 from tunelab.report.html import headline
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,9 @@ def summarize(rd: RunDir) -> Summary:
     return s
 
 
+_STATUS = 1   # status.json's place in RunDir.summary_files()
+
+
 def _stamp(rd: RunDir) -> tuple:
     out = []
     for p in rd.summary_files():
@@ -160,7 +163,8 @@ class RunIndex:
             log.warning(str(e))
 
     def run_dirs(self) -> list[RunDir]:
-        """Run folders (those with a config.yaml); `_ui`, `_serving` and hidden folders are not runs."""
+        """Folders with a config.yaml; `_ui`, `_serving` and hidden folders are not runs (nor are tuning studies,
+        which `summaries` leaves out)."""
         try:
             entries = list(os.scandir(self.runs_dir))
         except FileNotFoundError:
@@ -177,6 +181,9 @@ class RunIndex:
         out, seen, changed = [], set(), False
         for rd in self.run_dirs():
             stamp = _stamp(rd)
+            # A study folder has a config.yaml but no status.json: only folders without one pay for the check.
+            if stamp[_STATUS] is None and StudyDir(rd.path).is_study():
+                continue
             with self._lock:
                 hit = self._cache.get(rd.name)
             if hit is None or hit[0] != stamp or hit[1].status == "running":

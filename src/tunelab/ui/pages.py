@@ -1,4 +1,5 @@
-"""The dashboard's pages: runs table, a run, its predictions, compare, new run, jobs; and their JSON endpoints.
+"""The dashboard's pages: runs table, a run, its predictions, compare, tuning studies, new run, jobs; and their
+JSON endpoints.
 
 Every route here is behind the web app's sign-in (serve/auth.py): the router depends on
 `require_session`, and every state-changing form on `require_csrf`. Pages are the shared Jinja2
@@ -20,7 +21,7 @@ from tunelab.serve.auth import Session, require_csrf, require_session
 from tunelab.serve.errors import ApiError
 from tunelab.serve.ui import render
 from tunelab.ui import compare as compare_data
-from tunelab.ui import curves, newrun
+from tunelab.ui import curves, newrun, studies
 from tunelab.ui import predictions as preds
 from tunelab.ui.index import COLUMNS, select
 from tunelab.ui.jobs import resume_supported
@@ -30,7 +31,8 @@ from tunelab.ui.state import Dashboard, RunNotFound, dashboard
 router = APIRouter(prefix="/ui", dependencies=[Depends(require_session)])
 
 # The dashboard's links in the app bar of every page of the app (serve/layout.html shows `app_nav`).
-NAV = [("/ui/runs", "Runs"), ("/ui/compare", "Compare"), ("/ui/new", "New run"), ("/ui/jobs", "Jobs")]
+NAV = [("/ui/runs", "Runs"), ("/ui/compare", "Compare"), ("/ui/studies", "Studies"), ("/ui/new", "New run"),
+       ("/ui/jobs", "Jobs")]
 
 
 def page(request: Request, template: str, session: Session, status: int = 200, **context) -> HTMLResponse:
@@ -42,6 +44,13 @@ def _run(dash: Dashboard, name: str):
         return dash.run(name)
     except RunNotFound:
         raise ApiError(404, f"no run named {name!r} in {dash.runs_dir}", "not_found") from None
+
+
+def _study(dash: Dashboard, name: str):
+    try:
+        return dash.study(name)
+    except RunNotFound:
+        raise ApiError(404, f"no tuning study named {name!r} in {dash.runs_dir}", "not_found") from None
 
 
 # ---------------------------------------------------------------- runs table
@@ -121,9 +130,13 @@ async def resume(request: Request, name: str, session: Session = Depends(require
 
 @router.get("/runs/{name}/files/{filename}")
 async def download(request: Request, name: str, filename: str):
-    files = _run(dashboard(request), name).downloads()
+    return _download(_run(dashboard(request), name).downloads(), f"run {name}", filename)
+
+
+def _download(files: dict, owner: str, filename: str) -> FileResponse:
+    """`filename` of `files` (a run's or a study's downloads, by name) as an attachment; anything else is 404."""
     if filename not in files:
-        raise ApiError(404, f"run {name} has no downloadable file {filename!r}", "not_found")
+        raise ApiError(404, f"{owner} has no downloadable file {filename!r}", "not_found")
     return FileResponse(files[filename], filename=filename)
 
 
@@ -167,6 +180,32 @@ async def compare_page(request: Request, run: list[str] = Query(default=[]), ses
     rds = [_run(dash, n) for n in names]
     data = await run_in_threadpool(compare_data.comparison, rds)
     return page(request, "compare", session, cmp=data)
+
+
+# ---------------------------------------------------------------- tuning studies
+
+
+@router.get("/studies", response_class=HTMLResponse)
+async def studies_page(request: Request, session: Session = Depends(require_session)):
+    dash = dashboard(request)
+    found = await run_in_threadpool(lambda: [studies.summarize(sd) for sd in studies.study_dirs(dash.runs_dir)])
+    return page(request, "studies", session, studies=found)
+
+
+@router.get("/studies/{name}", response_class=HTMLResponse)
+async def study_page(request: Request, name: str, session: Session = Depends(require_session)):
+    sd = _study(dashboard(request), name)
+    return page(request, "study", session, study=await run_in_threadpool(studies.summarize, sd))
+
+
+@router.get("/api/studies/{name}")
+async def study_json(request: Request, name: str):
+    return await run_in_threadpool(studies.summarize, _study(dashboard(request), name))
+
+
+@router.get("/studies/{name}/files/{filename}")
+async def study_download(request: Request, name: str, filename: str):
+    return _download(_study(dashboard(request), name).downloads(), f"study {name}", filename)
 
 
 # ---------------------------------------------------------------- new run and jobs

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from tunelab.core.rundir import DashboardDir, RunDir
+from tunelab.core.rundir import DashboardDir, RunDir, StudyDir
 from tunelab.ui.index import RunIndex
 from tunelab.ui.jobs import JobQueue
 
@@ -21,7 +21,7 @@ CACHED_PAGES = 32   # a run page's data holds its report's figures (up to ~1 MB)
 
 
 class RunNotFound(LookupError):
-    """A run name that is not a run folder of the dashboard's runs folder (answered 404)."""
+    """A name that is not a run (or study) folder of the dashboard's runs folder (answered 404)."""
 
 
 @dataclass
@@ -42,14 +42,25 @@ class Dashboard:
     def dirs(self) -> DashboardDir:
         return DashboardDir(self.runs_dir)
 
-    def run(self, name: str) -> RunDir:
-        """The run folder `name` (a plain folder name of the runs folder that holds a run)."""
+    def _folder(self, name: str) -> Path:
+        """`name` as a plain folder name of the runs folder (not `_ui`, hidden, or a path)."""
         if not name or name[0] in "._" or "/" in name or "\\" in name:
             raise RunNotFound(name)
-        rd = RunDir(self.runs_dir / name)
+        return self.runs_dir / name
+
+    def run(self, name: str) -> RunDir:
+        """The run folder `name` (a plain folder name of the runs folder that holds a run)."""
+        rd = RunDir(self._folder(name))
         if not rd.is_run():
             raise RunNotFound(name)
         return rd
+
+    def study(self, name: str) -> StudyDir:
+        """The study folder `name` of the runs folder (`tunelab tune`'s)."""
+        sd = StudyDir(self._folder(name))
+        if not sd.is_study():
+            raise RunNotFound(name)
+        return sd
 
     def cached(self, key: str, stamp: tuple, build):
         """`build()` once per `stamp` of `key` (run pages: re-rendered only when their files changed).
