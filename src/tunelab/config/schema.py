@@ -85,6 +85,7 @@ class ModelConfig(_Section):
     name: str = Field("smollm2-135m-instruct", description="An embedded model (`smollm2-135m-instruct`, `minilm-l6`), a local Hugging Face folder, a `.gguf` file, or a hub id on machines with network.")
     revision: str | None = Field(None, description="Hub revision (only for hub ids).")
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder (off by default: it runs arbitrary code).")
+    layers: int | None = Field(None, ge=1, description="task=classification on a decoder: keep only the first this many transformer layers under the classification head (the layers above are never loaded into the trained model; baselines still prompt the whole base model). None = all.")
 
 
 class MethodConfig(_Section):
@@ -101,6 +102,7 @@ class MethodConfig(_Section):
     adapter_size: int = Field(64, ge=1, description="adapter: bottleneck width.")
     adapter_kind: Literal["houlsby", "pfeiffer"] = Field("pfeiffer", description="adapter: Houlsby (after attention and MLP) or Pfeiffer (after MLP only).")
     num_virtual_tokens: int = Field(20, ge=1, description="prompt_tuning: number of trained virtual tokens.")
+    freeze_below: int | None = Field(None, ge=1, description="lora/dora/rslora: layers 0..K-1 get no adapter and stay frozen. For task=classification their output does not change during training, so it is computed once per example and cached, and each step runs only layers K and above (same logits and loss as without the cache). None = adapt every layer.")
 
 
 class TrainConfig(_Section):

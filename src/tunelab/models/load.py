@@ -66,8 +66,34 @@ def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = Non
                                                                    **_label_kwargs(task, num_labels, labels), **kw)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
-        return model
+        return keep_layers(model, cfg.layers)
     return AutoModelForCausalLM.from_pretrained(folder, **kw)
+
+
+def keep_layers(model, layers: int | None):
+    """`model` with only its first `layers` transformer layers (model.layers); the rest are dropped.
+
+    Why: a classification head does not need the top of a decoder (on Banking77 the first 12 of
+    SmolLM2's 30 layers classify as well as all 30, examples/banking77/RESULTS.md), and every
+    layer dropped is work saved in training and evaluation.
+
+    Raises:
+        ConfigError: the model has no `layers` stack, or fewer layers than asked.
+    """
+    if not layers:
+        return model
+    inner = model.base_model
+    stack = getattr(inner, "layers", None)
+    if stack is None:
+        raise ConfigError(f"model.layers: {type(model).__name__} has no decoder layer stack to cut "
+                          "(model.layers works with decoder models such as Llama, Qwen, Mistral, SmolLM)")
+    if layers > len(stack):
+        raise ConfigError(f"model.layers={layers} but the model has {len(stack)} layers")
+    inner.layers = stack[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+    return model
 
 
 def empty_model(cfg: ModelConfig, task: str = "sft", labels: list[str] | None = None):
