@@ -41,6 +41,20 @@ def _label_kwargs(task: str, num_labels: int | None, labels: list[str] | None) -
     return {"num_labels": n, **extra}
 
 
+def is_decoder(cfg: ModelConfig) -> bool:
+    """Whether the base model is a decoder that can be prompted (a causal LM), not an encoder such as BERT."""
+    if cfg.name in EMBEDDED:
+        return EMBEDDED[cfg.name].kind == "causal"
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config = AutoConfig.from_pretrained(local_folder(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    # BERT-like encoders also have a causal-LM class (for decoding experiments); their masked-LM class says what they are.
+    return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
 def _check_head(cfg: ModelConfig, task: str) -> None:
     if TASKS[task].head == "causal_lm" and cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
         raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")

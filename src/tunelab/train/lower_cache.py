@@ -97,7 +97,7 @@ def add_lower_hidden(model: nn.Module, features: list[dict], below: int, pad_id:
     setattr(decoder, CACHED_BELOW, below)
     tokens = sum(len(f["input_ids"]) for f in features)
     log.info(f"{desc}: layers 0..{below - 1} run once for {len(features)} examples ({tokens} tokens) in "
-             f"{time.time() - start_s:.1f}s, kept as {dtype} ({tokens * hidden.shape[-1] * hidden.element_size() / 1e6:.0f} MB); "
+             f"{time.time() - start_s:.1f}s, kept as {dtype} ({tokens * hidden.shape[-1] * torch.finfo(dtype).bits / 8e6:.0f} MB); "
              f"each training step runs only layers {below}..{len(decoder.layers) - 1}")
     return out
 
