@@ -109,6 +109,7 @@ class TrainConfig(_Section):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    time_budget: float | None = Field(None, gt=0, description="Wall-clock seconds for the training loop. The first steps are timed (validation and saves included) and, when the planned steps would take longer, training ends at the last step that fits, with the learning-rate schedule re-aimed to end there; re-measured every 50 steps (the load of a shared machine changes). Never trains beyond the plan. The decision and its numbers are logged and kept in metrics.json `train.time_budget`. None = no budget.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     batching: Literal["padded", "packed", "shared_prefix"] = Field("shared_prefix", description="How a micro-batch is laid out: right-padded rows; one padding-free packed row; or packed with the prompt prefix the batch's examples share computed once (same loss and gradients, less work).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step; the loss is normalised by supervised tokens across the window.")

@@ -22,6 +22,7 @@ from tunelab.methods import MethodError, apply_method, describe_trainable, load_
 from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
 from tunelab.tasks import TASKS
 from tunelab.train import checkpoints, distributed, tracking
+from tunelab.train.budget import TimeBudget
 from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
 from tunelab.train.lower_cache import add_lower_hidden, cached_collator
 from tunelab.train.render import Renderer, check_batch
@@ -104,6 +105,9 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
             train_ex, val_ex, collator = cache_lower_layers(cfg, model, tokenizer, prec, train_ex, val_ex)
         trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks,
                                       collator=collator)
+        budget = TimeBudget(cfg.train.time_budget) if cfg.train.time_budget else None
+        if budget:
+            trainer.add_callback(budget)
         trainer.add_callback(stop := checkpoints.StopOnSignal())
         _mark_checkpoints(cfg, rd, trainer, best, prepared)   # last callback: after everything else saved
         if point is not None:
@@ -115,6 +119,8 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
                               f"{trainer.state.global_step}; a resumable checkpoint is in {rd.checkpoints}. "
                               f"Continue with `tunelab train {rd.path} --resume` (or `tunelab run ... --resume`)",
                               stop.received)
+        if budget:
+            enc_stats["time_budget"] = budget.decisions
         return finish(cfg, rd, trainer, best, prec, about, enc_stats)
 
 
