@@ -26,8 +26,8 @@ def folder(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("llama4") / "m", num_labels=len(LABELS), layers=4)
 
 
-def _model(folder, layers=3, below=1):
-    model = load_model(ModelConfig(name=str(folder), layers=layers), "classification", labels=LABELS)
+def _model(folder, layers=3, below=1, pooling="last"):
+    model = load_model(ModelConfig(name=str(folder), layers=layers, pooling=pooling), "classification", labels=LABELS)
     torch.manual_seed(1)
     model = apply_method(model, MethodConfig(name="lora", r=4, alpha=8, freeze_below=below), "classification")
     for name, p in model.named_parameters():   # LoRA B starts at zero: make the adapter matter
@@ -62,10 +62,10 @@ def test_freeze_below_is_refused_where_it_cannot_apply(folder):
         apply_method(model, MethodConfig(name="lora", freeze_below=2), "classification")
 
 
-@pytest.mark.parametrize("below", [1, 2])
-def test_cached_path_gives_the_same_logits_loss_and_gradients(folder, below):
+@pytest.mark.parametrize("below,pooling", [(1, "last"), (2, "last"), (1, "mean")])
+def test_cached_path_gives_the_same_logits_loss_and_gradients(folder, below, pooling):
     tok = load_tokenizer(ModelConfig(name=str(folder)))
-    model = _model(folder, layers=3, below=below)
+    model = _model(folder, layers=3, below=below, pooling=pooling)
     features = _features(tok)
     cached = cached_collator(tok.pad_token_id)(add_lower_hidden(model, features, below, tok.pad_token_id, FP32,
                                                                  batch_size=3))
@@ -89,3 +89,33 @@ def test_cached_path_gives_the_same_logits_loss_and_gradients(folder, below):
         torch.testing.assert_close(grads_c[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
     # the lower layers really are skipped: the module names are restored after each call
     assert len(model.base_model.model.model.layers) == 3
+
+
+def test_mean_pooling_reads_the_mean_of_the_real_tokens(folder):
+    tok = load_tokenizer(ModelConfig(name=str(folder)))
+    model = _model(folder, layers=3, below=1, pooling="mean").eval()
+    texts = ["my card has not arrived", "pin"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+        inner = model.base_model.model              # PEFT -> LlamaForSequenceClassification
+        for i, text in enumerate(texts):           # alone, unpadded: mean of the final states, then the head
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            states = inner.model.norm(_final_states(inner, ids))
+            expected = inner.score(states.mean(1))[0]
+            torch.testing.assert_close(logits[i], expected, rtol=1e-3, atol=1e-4)   # last-token pooling differs by ~0.1
+    with pytest.raises(UserError, match="model.pooling=mean"):
+        from tiny import tiny_bert_classifier
+        load_model(ModelConfig(name=str(tiny_bert_classifier(folder.parent / "bert")), pooling="mean"),
+                   "classification", labels=LABELS)
+
+
+def _final_states(inner, ids):
+    """The decoder's per-token states before the final norm, with the pooling hook switched off."""
+    from tunelab.models.load import POOLING_OFF
+
+    setattr(inner.model, POOLING_OFF, True)
+    try:
+        return inner.model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+    finally:
+        setattr(inner.model, POOLING_OFF, False)

@@ -80,8 +80,45 @@ def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = Non
                                                                    **_label_kwargs(task, num_labels, labels), **kw)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
-        return keep_layers(model, cfg.layers)
+        return pool_by(keep_layers(model, cfg.layers), cfg.pooling)
     return AutoModelForCausalLM.from_pretrained(folder, **kw)
+
+
+# Set on a decoder while its own output must stay per-token (train/lower_cache.py runs its lower layers).
+POOLING_OFF = "tunelab_pooling_off"
+
+
+def _running_mean(module, args, kwargs, output):
+    """Replace each position's state by the mean of the real tokens up to it: at the last real token, where
+    the head reads, that is the mean over the whole example (padding left or right, via the attention mask)."""
+    if getattr(module, POOLING_OFF, False):
+        return output
+    import torch
+
+    h = output.last_hidden_state
+    mask = kwargs.get("attention_mask")
+    m = torch.ones(h.shape[:2], device=h.device) if mask is None or mask.dim() != 2 else mask
+    m = m.to(h.dtype).unsqueeze(-1)
+    output.last_hidden_state = (h * m).cumsum(1) / m.cumsum(1).clamp(min=1)
+    return output
+
+
+def pool_by(model, pooling: str):
+    """A decoder classifier whose head reads the mean of the real tokens' states (`mean`) or the last one's.
+
+    Why a hook and not a new head: the head stays transformers' own (saved, loaded and served as such);
+    only the states it picks from change, so the last real token's position holds the example's mean.
+
+    Raises:
+        ConfigError: mean pooling on a model without a decoder layer stack (encoders pool their own way).
+    """
+    if pooling == "last":
+        return model
+    if getattr(model.base_model, "layers", None) is None:
+        raise ConfigError(f"model.pooling=mean: {type(model).__name__} is not a decoder classifier "
+                          "(encoders such as BERT pool with their own pooler)")
+    model.base_model.register_forward_hook(_running_mean, with_kwargs=True)
+    return model
 
 
 def keep_layers(model, layers: int | None):

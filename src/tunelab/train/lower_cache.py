@@ -84,6 +84,9 @@ def add_lower_hidden(model: nn.Module, features: list[dict], below: int, pad_id:
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[dict] = [{}] * len(features)
     start_s = time.time()
+    from tunelab.models.load import POOLING_OFF   # not at import: tunelab.models imports TASKS, which imports this module
+
+    setattr(decoder, POOLING_OFF, True)   # the states stay per token (model.pooling acts on the final ones)
     with _swapped(decoder, layers=decoder.layers[:below], norm=nn.Identity()):
         for start in progress(range(0, len(order), batch_size), desc=desc, unit="batch"):
             idx = order[start:start + batch_size]
@@ -95,6 +98,7 @@ def add_lower_hidden(model: nn.Module, features: list[dict], below: int, pad_id:
                 n = len(features[i]["input_ids"])
                 out[i] = {**features[i], "hidden": hidden[row, :n].to("cpu", dtype).clone()}
     setattr(decoder, CACHED_BELOW, below)
+    setattr(decoder, POOLING_OFF, False)
     tokens = sum(len(f["input_ids"]) for f in features)
     log.info(f"{desc}: layers 0..{below - 1} run once for {len(features)} examples ({tokens} tokens) in "
              f"{time.time() - start_s:.1f}s, kept as {dtype} ({tokens * hidden.shape[-1] * torch.finfo(dtype).bits / 8e6:.0f} MB); "
