@@ -78,3 +78,32 @@ def test_zero_shot_picks_the_label_whose_name_embeds_closest(setup):
     queries = baselines.encode([label_phrase(l) for l in labels])
     assert baselines.zero_shot(queries, labels) == labels
     assert torch.allclose(queries.norm(dim=-1), torch.ones(3))
+
+
+def test_decoder_base_is_prompted_not_embedded(tmp_path):
+    """A decoder classifier's baselines are the base model prompted (constrained to the labels), as for sft runs."""
+    from tiny import tiny_llama
+    from tunelab.evaluate.generative import prompting
+    from tunelab.models import load_model
+
+    folder = tiny_llama(tmp_path / "llama", num_labels=len(LABELS), layers=3)
+    cfg = config_from_dict({"name": "dec", "task": "classification", "runs_dir": str(tmp_path / "runs"),
+                            "data": {"train": "unused.csv"}, "model": {"name": str(folder), "layers": 2},
+                            "train": {"precision": "fp32"},
+                            "eval": {"few_shot_k": 2, "baseline_per_class": 2, "bootstrap_samples": 100}})
+    rd = RunDir.create(cfg)
+    shutil.copytree(folder, rd.best)
+    prepared = Prepared({"train": _split("train", [1, 2, 3]), "validation": [], "test": _split("test", [4, 5, 6])},
+                        LABELS, {}, False)
+    tok = load_tokenizer(cfg.model)
+    results = evaluate_classifier(cfg, rd, prepared, tok)
+    assert "prompted" in results["zero_shot"]["note"] and "prompted" in results["few_shot"]["note"]
+    rows = [json.loads(l) for l in (rd.path / "predictions.jsonl").read_text().splitlines()]
+    zero = {r["id"]: r["prediction"] for r in rows if r["system"] == "zero_shot"}
+    assert len(zero) == 6 and set(zero.values()) <= set(LABELS)
+    # the same decoding of the whole (3-layer) causal LM, run directly
+    test = prepared.splits["test"]
+    gen, prompts = prompting(cfg, tok, prepared, test, FP32)
+    picked = [i for i, r in enumerate(test) if r["id"] in zero]
+    expected = gen.predict(load_model(cfg.model, "sft"), [prompts.zero_shot(test[i]) for i in picked], desc="t")
+    assert [zero[test[i]["id"]] for i in picked] == expected

@@ -74,13 +74,17 @@ def _dialogsum_copy(out: Path) -> dict[str, str]:
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("examples")
     return {"llama": tiny_llama(root / "llama"), "bert": tiny_bert_classifier(root / "bert", num_labels=CLASSES),
+            "llama-cls": tiny_llama(root / "llama-cls", num_labels=CLASSES, layers=3),
             "banking77": _banking_copy(root), "dialogsum": _dialogsum_copy(root)}
 
 
 def _overrides(path: Path, tiny: dict, runs: Path) -> list[str]:
     cfg = load_config(path)
     model = tiny["bert"] if cfg.task == "classification" else tiny["llama"]
-    out = [f"model.name={model}", f"runs_dir={runs}", "data.train_limit=24",
+    cut = []
+    if cfg.model.layers:   # a decoder classifier cut to its first layers: the tiny decoder, cut the same way
+        model, cut = tiny["llama-cls"], ["model.layers=2", "method.freeze_below=1"]
+    out = [*cut, f"model.name={model}", f"runs_dir={runs}", "data.train_limit=24",
            "train.max_steps=2", "train.batch_size=4", "train.eval_every=1", "eval.max_test=8",
            "eval.baseline_per_class=1", "eval.forgetting_tokens=64", "eval.few_shot_k=2",
            "eval.bootstrap_samples=100", "eval.max_new_tokens=8", "eval.batch_size=8"]

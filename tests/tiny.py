@@ -92,10 +92,11 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path
     return path
 
 
-def llama_config(tokenizer: PreTrainedTokenizerFast, num_labels: int | None = None, tie: bool = False) -> LlamaConfig:
+def llama_config(tokenizer: PreTrainedTokenizerFast, num_labels: int | None = None, tie: bool = False,
+                 layers: int = LAYERS) -> LlamaConfig:
     """A 2-layer Llama config sized for tests (hidden 32, grouped-query attention 4 heads / 2 KV heads)."""
     cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                      num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2,
+                      num_hidden_layers=layers, num_attention_heads=HEADS, num_key_value_heads=2,
                       max_position_embeddings=256, tie_word_embeddings=tie,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       bos_token_id=tokenizer.bos_token_id)
@@ -106,11 +107,12 @@ def llama_config(tokenizer: PreTrainedTokenizerFast, num_labels: int | None = No
     return cfg
 
 
-def tiny_llama(path: Path, num_labels: int | None = None, tie: bool = False, seed: int = 0) -> Path:
+def tiny_llama(path: Path, num_labels: int | None = None, tie: bool = False, seed: int = 0,
+               layers: int = LAYERS) -> Path:
     """Save a random LlamaForCausalLM (or LlamaForSequenceClassification when `num_labels`) + tokenizer."""
     tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = llama_config(tokenizer, num_labels, tie)
+    cfg = llama_config(tokenizer, num_labels, tie, layers)
     model = LlamaForCausalLM(cfg) if num_labels is None else LlamaForSequenceClassification(cfg)
     if num_labels is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

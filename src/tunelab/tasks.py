@@ -44,6 +44,9 @@ class Task:
     # evaluate/metrics.py computed on validation predictions, or `loss` (validation loss).
     tune_objective: tuple[str, str] = ("loss", "loss")
     chunks_documents: bool = False  # the data stage cuts documents into token windows
+    # method.freeze_below: the frozen layers' output is computed once per example and cached (train/lower_cache.py);
+    # only where an example's loss depends on nothing but its own tokens and one label.
+    caches_lower_layers: bool = False
 
     def evaluate_fn(self) -> Callable:
         """The evaluator (named, not imported at load: evaluators load models, and model loading consults TASKS)."""
@@ -60,7 +63,8 @@ TASKS: dict[str, Task] = {
         "classification", "a sequence-classification head on the base model (encoder or decoder)",
         head="sequence_classification", peft_task_type="SEQ_CLS", labels="required", supervision="label",
         encode=encode_labels, collator=_classification_collator, objective=ClassificationObjective(),
-        evaluator="tunelab.evaluate.classifier", serving="classify", tune_objective=("accuracy", "accuracy")),
+        evaluator="tunelab.evaluate.classifier", serving="classify", tune_objective=("accuracy", "accuracy"),
+        caches_lower_layers=True),
     "pretrain": Task(
         "pretrain", "continued pretraining: plain LM loss on raw text chunks",
         head="causal_lm", peft_task_type="CAUSAL_LM", labels="none", supervision="all_tokens",

@@ -1,8 +1,11 @@
-"""Evaluate a `task: classification` run: the fine-tuned head vs embedding baselines of the same base model.
+"""Evaluate a `task: classification` run: the fine-tuned head vs baselines of the same untuned base model.
 
-A prompt means nothing to an encoder, so the baselines are the two standard ways of classifying with
-the untuned model's sentence embeddings (mean-pooled last hidden states, as all-MiniLM-L6-v2 was
-trained to be used; the same pooling serves a decoder with a classification head):
+A decoder base (SmolLM2, Llama, ...) is its own baseline as users would use it: prompted zero-/few-shot
+with the label list and decoded under the label-set constraint, exactly as `task: sft` runs compare
+(`generative.prompted_baselines`; the whole base model, whatever `model.layers` kept under the head).
+A prompt means nothing to an encoder, so for an encoder base the baselines are the two standard ways
+of classifying with the untuned model's sentence embeddings (mean-pooled last hidden states, as
+all-MiniLM-L6-v2 was trained to be used):
 
 - zero-shot: the label whose *name* (`card_arrival` -> "card arrival") has the most similar embedding;
 - few-shot: the nearest class centroid of `eval.few_shot_k` embedded training examples per class.
@@ -25,11 +28,17 @@ from tunelab.core.records import prompt_text
 from tunelab.core.rundir import RunDir
 from tunelab.evaluate.common import Systems, baseline_subset, prediction_rows, score, test_records, write_results
 from tunelab.methods import load_trained
-from tunelab.models import Precision, choose_precision, local_folder
+from tunelab.evaluate.generative import prompted_baselines, prompting
+from tunelab.models import Precision, choose_precision, is_decoder, load_model, local_folder
 from tunelab.train.render import Renderer
 
 log = logging.getLogger(__name__)
 
+PROMPTED_NOTES = {
+    "zero_shot": "untuned base model prompted with the label list, decoding constrained to the label names",
+    "few_shot": "untuned base model prompted with the label list and few_shot_k solved training examples, "
+                "decoding constrained to the label names",
+}
 BASELINE_NOTES = {
     "zero_shot": "base-model embedding of the text vs embeddings of the label names (cosine, mean pooling)",
     "few_shot": "nearest class centroid of base-model embeddings of few_shot_k training examples per class",
@@ -151,10 +160,15 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
         model, tokenizer, [renderer.user_text(r) for r in test], labels, prec, e.batch_size, cfg.data.max_length))
     model = None  # free the fine-tuned weights before the baselines load the base model
 
-    if e.baselines:
+    notes = BASELINE_NOTES
+    if e.baselines and is_decoder(cfg.model):
+        notes = PROMPTED_NOTES
+        gen, prompts = prompting(cfg, tokenizer, prepared, test, prec)
+        prompted_baselines(cfg, systems, gen, prompts, load_model(cfg.model, "sft"), subset)
+    elif e.baselines:
         run_baselines(cfg, systems, tokenizer, prec, prepared.splits["train"], labels, subset)
     results = score(cfg, test, systems, subset, closed=True)
-    for name, note in BASELINE_NOTES.items():
+    for name, note in notes.items():
         if name in results:
             results[name]["note"] = note
     write_results(rd, results, systems.seconds, prediction_rows(test, systems, cfg.data.template))

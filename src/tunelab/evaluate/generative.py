@@ -67,6 +67,27 @@ def budget_subset(cfg: Config, rd: RunDir, test: list[dict], gen: Generator, mod
     return [test[i] for i in keep]
 
 
+def prompting(cfg: Config, tokenizer, prepared, test: list[dict], prec: Precision) -> tuple[Generator, PromptBuilder]:
+    """The decoder and the prompts of each system (fine-tuned, zero-shot, few-shot) for these test examples."""
+    labels, closed = prepared.labels, is_closed_set(cfg, prepared.labels)
+    renderer = Renderer(tokenizer, cfg)
+    trie = label_trie(renderer, labels, test[0]) if closed else None
+    shots = ShotPicker(prepared.splits["train"], cfg.eval.few_shot_k, cfg.train.seed,
+                       labels if closed else None, cfg.eval.few_shot_selection)
+    return Generator(cfg, tokenizer, renderer, trie, prec), PromptBuilder(renderer, labels if closed else None, shots)
+
+
+def prompted_baselines(cfg: Config, systems: Systems, gen: Generator, prompts: PromptBuilder, base,
+                       subset: list[int]) -> None:
+    """Predict the `subset` of the test examples with each baseline in `eval.baselines`: the untuned `base`
+    causal LM prompted zero-/few-shot, decoded as the fine-tuned model is (constrained to the label set
+    when outputs form one)."""
+    for name in cfg.eval.baselines:
+        build = getattr(prompts, name)
+        systems.record(name, subset, lambda: gen.predict(base, [build(systems.test[i]) for i in subset],
+                                                         desc=name.replace("_", "-")))
+
+
 def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     """Decode the test set with each system, score it, write predictions.jsonl and metrics.json `test`.
 
@@ -76,12 +97,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     prec = choose_precision(cfg.train)
     test = test_records(cfg, prepared)
     labels, closed = prepared.labels, is_closed_set(cfg, prepared.labels)
-    renderer = Renderer(tokenizer, cfg)
-    trie = label_trie(renderer, labels, test[0]) if closed else None
-    shots = ShotPicker(prepared.splits["train"], cfg.eval.few_shot_k, cfg.train.seed,
-                       labels if closed else None, cfg.eval.few_shot_selection)
-    prompts = PromptBuilder(renderer, labels if closed else None, shots)
-    gen = Generator(cfg, tokenizer, renderer, trie, prec)
+    gen, prompts = prompting(cfg, tokenizer, prepared, test, prec)
     model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method)
     test = budget_subset(cfg, rd, test, gen, model, prompts.finetuned)
     systems = Systems(test)
@@ -91,10 +107,7 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     systems.record("finetuned", everything, lambda: gen.predict(
         model, [prompts.finetuned(r) for r in test], desc="fine-tuned"))
     with base_model_of(cfg, model, labels) as base:
-        for name in cfg.eval.baselines:
-            build = getattr(prompts, name)
-            systems.record(name, subset, lambda: gen.predict(base, [build(test[i]) for i in subset],
-                                                             desc=name.replace("_", "-")))
+        prompted_baselines(cfg, systems, gen, prompts, base, subset)
     results = score(cfg, test, systems, subset, closed)
     write_results(rd, results, systems.seconds, prediction_rows(test, systems, cfg.data.template))
     if cfg.eval.forgetting:

@@ -28,7 +28,7 @@ from tunelab.config import MethodConfig
 from tunelab.core.errors import UserError
 from tunelab.core.ranks import local_rank
 from tunelab.methods._adapters import add_adapters
-from tunelab.methods._layers import depth_of, split_parts, task_head_names
+from tunelab.methods._layers import depth_of, find_layer_stack, split_parts, task_head_names
 from tunelab.tasks import TASKS
 
 QLORA_NO_CUDA = ("method.name=qlora needs a CUDA GPU: its 4-bit base model is quantised by bitsandbytes, "
@@ -166,24 +166,48 @@ def _peft(model: nn.Module, config, task: str) -> PeftModel:
     return peft_model
 
 
-def _lora_config(cfg: MethodConfig, task: str, **extra) -> LoraConfig:
+# The methods that take `method.freeze_below` (an adapter on the upper layers only).
+FREEZE_BELOW_METHODS = ("lora", "dora", "rslora")
+
+
+def _adapted_layers(model: nn.Module, cfg: MethodConfig) -> dict:
+    """LoraConfig kwargs for `freeze_below`: adapters on layers K.. only (PEFT's layers_to_transform).
+
+    Raises:
+        MethodError: K leaves no layer to adapt.
+    """
+    if not cfg.freeze_below:
+        return {}
+    pattern, stack = find_layer_stack(model)
+    if cfg.freeze_below >= len(stack):
+        raise MethodError(f"method.freeze_below={cfg.freeze_below} but the model has {len(stack)} layers: "
+                          f"nothing would be adapted (use at most {len(stack) - 1})")
+    targets = cfg.target_modules
+    if isinstance(targets, str):   # PEFT takes layers_to_transform only with a list of module names
+        targets = sorted({name.rsplit(".", 1)[-1] for name, m in stack[0].named_modules() if isinstance(m, nn.Linear)})
+    return {"layers_to_transform": list(range(cfg.freeze_below, len(stack))),
+            "layers_pattern": pattern.rsplit(".", 1)[-1], "target_modules": targets}
+
+
+def _lora_config(model: nn.Module, cfg: MethodConfig, task: str, **extra) -> LoraConfig:
+    layers = {"target_modules": cfg.target_modules, **_adapted_layers(model, cfg)}
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                      target_modules=cfg.target_modules, task_type=TaskType[TASKS[task].peft_task_type], **extra)
+                      task_type=TaskType[TASKS[task].peft_task_type], **layers, **extra)
 
 
 def apply_lora(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
     """LoRA (Hu et al. 2021): rank-`r` updates scaled by alpha/r on `target_modules`."""
-    return _peft(model, _lora_config(cfg, task), task)
+    return _peft(model, _lora_config(model, cfg, task), task)
 
 
 def apply_dora(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
     """DoRA (Liu et al. 2024): LoRA on the direction plus a trained per-output magnitude."""
-    return _peft(model, _lora_config(cfg, task, use_dora=True), task)
+    return _peft(model, _lora_config(model, cfg, task, use_dora=True), task)
 
 
 def apply_rslora(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
     """rsLoRA (Kalajdzievski 2023): LoRA scaled by alpha/sqrt(r), stable at high rank."""
-    return _peft(model, _lora_config(cfg, task, use_rslora=True), task)
+    return _peft(model, _lora_config(model, cfg, task, use_rslora=True), task)
 
 
 def _require_cuda() -> None:
@@ -224,7 +248,7 @@ def apply_qlora(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
         raise MethodError("method.name=qlora needs the base model loaded in 4-bit: pass "
                           "tunelab.methods.load_kwargs(cfg.method) to the model loader")
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return _peft(model, _lora_config(cfg, task), task)
+    return _peft(model, _lora_config(model, cfg, task), task)
 
 
 def apply_ia3(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:
@@ -269,7 +293,8 @@ def check_method(cfg: MethodConfig, task: str) -> None:
     """Refuse a method that cannot run for `task` (before any data is prepared or model loaded).
 
     Raises:
-        MethodError: prompt tuning of a model with a classification head; qlora without a CUDA device.
+        MethodError: prompt tuning of a model with a classification head; qlora without a CUDA device;
+            freeze_below with a method that does not take it.
     """
     if cfg.name == "qlora":
         _require_cuda()
@@ -278,6 +303,9 @@ def check_method(cfg: MethodConfig, task: str) -> None:
     if cfg.name == "prompt_tuning" and TASKS[task].head != "causal_lm":
         causal = ", ".join(t for t, spec in TASKS.items() if spec.head == "causal_lm")
         raise MethodError(f"method.name=prompt_tuning needs a causal LM task ({causal}), not task={task}")
+    if cfg.freeze_below and cfg.name not in FREEZE_BELOW_METHODS:
+        raise MethodError(f"method.freeze_below works with method.name {', '.join(FREEZE_BELOW_METHODS)}, not "
+                          f"{cfg.name} (for freezing by layers use method.name: freeze with trainable_layers)")
 
 
 def apply_method(model: nn.Module, cfg: MethodConfig, task: str) -> nn.Module:

@@ -41,6 +41,20 @@ def _label_kwargs(task: str, num_labels: int | None, labels: list[str] | None) -
     return {"num_labels": n, **extra}
 
 
+def is_decoder(cfg: ModelConfig) -> bool:
+    """Whether the base model is a decoder that can be prompted (a causal LM), not an encoder such as BERT."""
+    if cfg.name in EMBEDDED:
+        return EMBEDDED[cfg.name].kind == "causal"
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config = AutoConfig.from_pretrained(local_folder(cfg), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    # BERT-like encoders also have a causal-LM class (for decoding experiments); their masked-LM class says what they are.
+    return (config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
 def _check_head(cfg: ModelConfig, task: str) -> None:
     if TASKS[task].head == "causal_lm" and cfg.name in EMBEDDED and EMBEDDED[cfg.name].kind == "encoder":
         raise ConfigError(f"model.name={cfg.name!r} is an encoder: use it with task: classification")
@@ -66,8 +80,71 @@ def load_model(cfg: ModelConfig, task: str = "sft", num_labels: int | None = Non
                                                                    **_label_kwargs(task, num_labels, labels), **kw)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = model.config.eos_token_id
-        return model
+        return pool_by(keep_layers(model, cfg.layers), cfg.pooling)
     return AutoModelForCausalLM.from_pretrained(folder, **kw)
+
+
+# Set on a decoder while its own output must stay per-token (train/lower_cache.py runs its lower layers).
+POOLING_OFF = "tunelab_pooling_off"
+
+
+def _running_mean(module, args, kwargs, output):
+    """Replace each position's state by the mean of the real tokens up to it: at the last real token, where
+    the head reads, that is the mean over the whole example (padding left or right, via the attention mask)."""
+    if getattr(module, POOLING_OFF, False):
+        return output
+    import torch
+
+    h = output.last_hidden_state
+    mask = kwargs.get("attention_mask")
+    m = torch.ones(h.shape[:2], device=h.device) if mask is None or mask.dim() != 2 else mask
+    m = m.to(h.dtype).unsqueeze(-1)
+    output.last_hidden_state = (h * m).cumsum(1) / m.cumsum(1).clamp(min=1)
+    return output
+
+
+def pool_by(model, pooling: str):
+    """A decoder classifier whose head reads the mean of the real tokens' states (`mean`) or the last one's.
+
+    Why a hook and not a new head: the head stays transformers' own (saved, loaded and served as such);
+    only the states it picks from change, so the last real token's position holds the example's mean.
+
+    Raises:
+        ConfigError: mean pooling on a model without a decoder layer stack (encoders pool their own way).
+    """
+    if pooling == "last":
+        return model
+    if getattr(model.base_model, "layers", None) is None:
+        raise ConfigError(f"model.pooling=mean: {type(model).__name__} is not a decoder classifier "
+                          "(encoders such as BERT pool with their own pooler)")
+    model.base_model.register_forward_hook(_running_mean, with_kwargs=True)
+    return model
+
+
+def keep_layers(model, layers: int | None):
+    """`model` with only its first `layers` transformer layers (model.layers); the rest are dropped.
+
+    Why: a classification head does not need the top of a decoder (on Banking77 the first 12 of
+    SmolLM2's 30 layers classify as well as all 30, examples/banking77/RESULTS.md), and every
+    layer dropped is work saved in training and evaluation.
+
+    Raises:
+        ConfigError: the model has no `layers` stack, or fewer layers than asked.
+    """
+    if not layers:
+        return model
+    inner = model.base_model
+    stack = getattr(inner, "layers", None)
+    if stack is None:
+        raise ConfigError(f"model.layers: {type(model).__name__} has no decoder layer stack to cut "
+                          "(model.layers works with decoder models such as Llama, Qwen, Mistral, SmolLM)")
+    if layers > len(stack):
+        raise ConfigError(f"model.layers={layers} but the model has {len(stack)} layers")
+    inner.layers = stack[:layers]
+    model.config.num_hidden_layers = layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:layers]
+    return model
 
 
 def empty_model(cfg: ModelConfig, task: str = "sft", labels: list[str] | None = None):

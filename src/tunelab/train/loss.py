@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from tunelab.core.records import IGNORE
 from tunelab.train.collate import token_counts
+from tunelab.train.lower_cache import cached_logits
 
 _MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -129,12 +130,19 @@ class CausalLMObjective:
         return float(causal_lm_loss(model, batch, None)) * n, n, None
 
 
+def classifier_logits(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """The head's logits; from the cached lower layers when the batch carries them (`hidden`)."""
+    if "hidden" in inputs:
+        return cached_logits(model, inputs)
+    return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
 class ClassificationObjective:
     """Cross-entropy of a sequence-classification head; `labels` holds one class index per example."""
 
     def loss(self, model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
         labels = inputs["labels"]
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        logits = classifier_logits(model, inputs)
         total = F.cross_entropy(logits.float(), labels, reduction="sum")
         n = labels.numel() if num_items_in_batch is None else num_items_in_batch
         if torch.is_tensor(n):
@@ -146,6 +154,6 @@ class ClassificationObjective:
 
     def validation(self, model, batch: dict) -> tuple[float, int, int | None]:
         labels = batch["labels"]
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        logits = classifier_logits(model, batch).float()
         correct = int((logits.argmax(-1) == labels).sum())
         return float(F.cross_entropy(logits, labels, reduction="sum")), labels.numel(), correct

@@ -22,7 +22,9 @@ from tunelab.methods import MethodError, apply_method, describe_trainable, load_
 from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
 from tunelab.tasks import TASKS
 from tunelab.train import checkpoints, distributed, tracking
+from tunelab.train.budget import TimeBudget
 from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
+from tunelab.train.lower_cache import add_lower_hidden, cached_collator
 from tunelab.train.render import Renderer, check_batch
 from tunelab.train.trainer import TunelabTrainer
 from tunelab.train.watchdog import StallWatchdog
@@ -98,8 +100,15 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         train_ex, val_ex, enc_stats = encode(cfg, renderer, prepared)
         val_ex = validation_subset(cfg, val_ex)
         model, about = build_model(cfg, rd, prepared)
-        trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks)
+        collator = None
+        if cfg.method.freeze_below and TASKS[cfg.task].caches_lower_layers:
+            train_ex, val_ex, collator = cache_lower_layers(cfg, model, tokenizer, prec, train_ex, val_ex)
+        trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks,
+                                      collator=collator)
         trainer.add_callback(checkpoints.NoFinalCheckpoint())
+        budget = TimeBudget(cfg.train.time_budget) if cfg.train.time_budget else None
+        if budget:
+            trainer.add_callback(budget)
         trainer.add_callback(stop := checkpoints.StopOnSignal())
         _mark_checkpoints(cfg, rd, trainer, best, prepared)   # last callback: after everything else saved
         if point is not None:
@@ -112,6 +121,8 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
                               f"{trainer.state.global_step}; a resumable checkpoint is in {rd.checkpoints}. "
                               f"Continue with `tunelab train {rd.path}{nproc} --resume` (or `tunelab run ... --resume`)",
                               stop.stopped_by)
+        if budget:
+            enc_stats["time_budget"] = budget.decisions
         return finish(cfg, rd, trainer, best, prec, about, enc_stats)
 
 
@@ -166,17 +177,25 @@ def build_model(cfg: Config, rd: RunDir, prepared: Prepared) -> tuple[torch.nn.M
     return model, about
 
 
+def cache_lower_layers(cfg: Config, model, tokenizer, prec: Precision, train_ex: list[dict], val_ex: list[dict]):
+    """method.freeze_below: run the frozen layers once per train/validation example; (train, val, collator)."""
+    below, pad = cfg.method.freeze_below, tokenizer.pad_token_id
+    train_ex = add_lower_hidden(model, train_ex, below, pad, prec, desc="frozen layers (train)")
+    val_ex = add_lower_hidden(model, val_ex, below, pad, prec, desc="frozen layers (validation)")
+    return train_ex, val_ex, cached_collator(pad)
+
+
 def build_trainer(cfg: Config, rd: RunDir, model, tokenizer, renderer: Renderer, prec: Precision,
-                  train_ex: list[dict], val_ex: list[dict], callbacks: Sequence[TrainerCallback] = ()
-                  ) -> tuple[TunelabTrainer, BestCheckpoint]:
-    """Our Trainer with the task's collator and objective, the guards, metrics.jsonl and `best/`."""
+                  train_ex: list[dict], val_ex: list[dict], callbacks: Sequence[TrainerCallback] = (),
+                  collator=None) -> tuple[TunelabTrainer, BestCheckpoint]:
+    """Our Trainer with the task's collator (or `collator`) and objective, the guards, metrics.jsonl and `best/`."""
     task = TASKS[cfg.task]
     batching = cfg.train.batching
     if cfg.method.name == "prompt_tuning" and batching != "padded":
         # Virtual tokens are prepended to every row, which a packed row cannot express.
         log.info(f"train.batching={batching} does not fit prompt tuning's virtual tokens: using padded")
         batching = "padded"
-    collator = task.collator(tokenizer, batching)
+    collator = collator or task.collator(tokenizer, batching)
     if task.supervision == "completion":
         sample = train_ex[: cfg.train.batch_size]
         check_batch(collator(sample), renderer.end_ids, len(sample))
