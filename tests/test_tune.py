@@ -3,6 +3,7 @@ kept out of the search, and the study folder's outputs."""
 
 import csv
 import json
+import math
 import os
 import random
 import signal
@@ -232,6 +233,24 @@ def test_tune_writes_best_config_trials_csv_and_report(project, tmp_path):
     assert {"zero_shot", "few_shot", "finetuned"} <= set(final.metrics()["test"]) and final.report_html.exists()
     others = [t.number for t in study.trials if t.number != chosen.number]
     assert not any((sd.trials_dir / str(n) / "best").exists() for n in others)
+
+
+def test_the_report_embeds_optunas_four_views_of_a_study():
+    from tunelab.tune.objective import Objective
+    from tunelab.tune.report import plots
+
+    def score(trial):   # a real study of a cheap function: the views only need trials with values
+        lr = trial.suggest_float("train.lr", 1e-4, 1.0, log=True)
+        r = trial.suggest_categorical("method.r", [2, 4])
+        for step in (2, 4):
+            trial.report(step / 10 - abs(math.log10(lr) + 2), step)
+        return r / 100 - abs(math.log10(lr) + 2)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(score, n_trials=6)
+    views = {p["title"]: p for p in plots(study, Objective("accuracy", True), ["accuracy"])}
+    for title in ("Optimisation history", "Parameter importances", "Parallel coordinates", "Slices"):
+        assert views[title].get("uri", "").startswith("data:image/png;base64,"), (title, views[title].get("error"))
 
 
 def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
