@@ -65,7 +65,7 @@ def test_semicolon_csv_folders_with_a_two_column_label_prepare(make_cfg, tmp_pat
         out = prepare(cfg, tmp_path / "out", tokenizer)
     assert out.labels == ["bank_card", "bank_fees", "bank_topup"]
     assert len(out.splits["test"]) == 3
-    assert any("fields separated by ';'" in line for line in lines), lines
+    assert "train: fields separated by ';' in 3 of 3 file(s) (data.delimiter=auto)" in lines, lines
     assert {f.get("delimiter") for f in out.manifest["files"]} == {";"}
 
 

@@ -241,8 +241,9 @@ def _read(cfg: Config, problems: Problems, ledger: _Ledger) -> tuple[dict, Decis
         for f in ing.files:
             if "encoding" in f:
                 log.info(f"{f['path']}: read as {f['encoding']}")
-            if "delimiter" in f:
-                log.info(f"{f['path']}: fields separated by {f['delimiter']!r} (data.delimiter={d.delimiter})")
+        for sep in sorted({f["delimiter"] for f in ing.files if "delimiter" in f}):
+            n = sum(f.get("delimiter") == sep for f in ing.files)
+            log.info(f"{s}: fields separated by {sep!r} in {n} of {len(ing.files)} file(s) (data.delimiter={d.delimiter})")
         ledger.read[s] = ing.read
         for row, reason in ing.skipped:
             ledger.drop(s, {"id": row.id, "source": {"file": row.file, "line": row.line, "page": row.page},

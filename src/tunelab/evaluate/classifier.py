@@ -108,7 +108,9 @@ class EmbeddingBaselines:
 
     def few_shot(self, queries: torch.Tensor, shots: dict[str, list[dict]]) -> list[str]:
         names = list(shots)
-        centroids = torch.stack([self.encode([prompt_text(r) for r in shots[l]]).mean(0) for l in names])
+        # One pass (one progress bar) over every shot, not one per label.
+        rows = self.encode([prompt_text(r) for label in names for r in shots[label]])
+        centroids = torch.stack([part.mean(0) for part in rows.split([len(shots[label]) for label in names])])
         return nearest(queries, centroids, names)
 
 
@@ -142,7 +144,6 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     test = test_records(cfg, prepared)
     renderer = Renderer(tokenizer, cfg)
     systems = Systems(test)
-    subset = baseline_subset(cfg, test, closed=True)
     everything = list(range(len(test)))
 
     model = load_trained(cfg.model, rd.best, cfg.task, labels, method=cfg.method)
@@ -150,6 +151,8 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     systems.record("finetuned", everything, lambda: head_predictions(
         model, tokenizer, [renderer.user_text(r) for r in test], labels, prec, e.batch_size, cfg.data.max_length))
     model = None  # free the fine-tuned weights before the baselines load the base model
+    # One base-model forward per test example (shared by both baselines), as costly as the head's.
+    subset = baseline_subset(cfg, test, True, systems.seconds["finetuned"] / max(len(test), 1), rd)
 
     if e.baselines:
         run_baselines(cfg, systems, tokenizer, prec, prepared.splits["train"], labels, subset)

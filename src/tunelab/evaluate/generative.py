@@ -67,6 +67,17 @@ def budget_subset(cfg: Config, rd: RunDir, test: list[dict], gen: Generator, mod
     return [test[i] for i in keep]
 
 
+def baseline_cost(cfg: Config, test: list[dict], prompts: PromptBuilder, finetuned_seconds: float) -> float:
+    """Estimated seconds per test example for all baselines together: the fine-tuned model's measured
+    time per example, scaled by each baseline's prompt length over the fine-tuned prompt's (a fixed
+    seeded sample of 32 test examples; decoding cost grows with the prompt)."""
+    sample = [test[i] for i in seeded_sample(len(test), min(32, len(test)), cfg.train.seed)]
+    own = sum(len(prompts.finetuned(r)) for r in sample)
+    per_example = finetuned_seconds / max(len(test), 1)
+    return sum(per_example * sum(len(getattr(prompts, b)(r)) for r in sample) / max(own, 1)
+               for b in cfg.eval.baselines)
+
+
 def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     """Decode the test set with each system, score it, write predictions.jsonl and metrics.json `test`.
 
@@ -85,11 +96,12 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method)
     test = budget_subset(cfg, rd, test, gen, model, prompts.finetuned)
     systems = Systems(test)
-    subset = baseline_subset(cfg, test, closed)
     everything = list(range(len(test)))
 
     systems.record("finetuned", everything, lambda: gen.predict(
         model, [prompts.finetuned(r) for r in test], desc="fine-tuned"))
+    cost = baseline_cost(cfg, test, prompts, systems.seconds["finetuned"])
+    subset = baseline_subset(cfg, test, closed, cost, rd)
     with base_model_of(cfg, model, labels) as base:
         for name in cfg.eval.baselines:
             build = getattr(prompts, name)
