@@ -42,7 +42,7 @@ from _common import load_avg, peak_rss_gb, write_json  # noqa: E402
 def overrides(a) -> list[str]:
     """Run-length settings only: a short training, then the fine-tuned model alone on a test subset."""
     return [f"train.max_steps={a.train_steps}", "train.eval_every=1000000", "train.save_every=null",
-            "train.patience=null", f"eval.max_test={a.examples}", "eval.baselines=[]", "eval.forgetting=false",
+            "train.patience=null", "train.eval_examples=16", f"eval.max_test={a.examples}", "eval.baselines=[]", "eval.forgetting=false",
             "eval.time_budget_s=null", "name=bench-eval"]
 
 

@@ -105,9 +105,10 @@ def rates(probe: Probe, warmup: int, accum: int) -> dict:
 
 
 def length_overrides(a) -> list[str]:
-    """Run-length settings only: the steps to run, and nothing but training inside them."""
+    """Run-length settings only: the steps to run, nothing but training inside them, and a small validation
+    at the end (the Trainer validates after the last step; it is outside the timed steps)."""
     return [f"train.max_steps={a.warmup + a.steps}", "train.eval_every=1000000", "train.save_every=null",
-            "train.patience=null", f"name=bench-train-{os.getpid()}"]
+            "train.patience=null", "train.eval_examples=16", f"name=bench-train-{os.getpid()}"]
 
 
 def run_tunelab(a, runs_dir: str) -> dict:
