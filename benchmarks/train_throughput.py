@@ -31,6 +31,7 @@ computed non-padding token to the timed steps, over the measured bf16 GEMM peak 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -54,8 +55,8 @@ PEER_LORA = dict(r=16, alpha=32.0, dropout=0.0, target_modules="all-linear")
 
 
 class Probe(TrainerCallback):
-    """Timestamps every optimizer step, counts every batch the trainer's collator builds (in order),
-    and counts the FLOPs of the last warm-up step."""
+    """Timestamps every optimizer step, counts every batch the collator builds (in order, through
+    `counting`), and counts the FLOPs of the last warm-up step."""
 
     def __init__(self, warmup: int, count):
         self.ends: list[float] = []
@@ -63,15 +64,13 @@ class Probe(TrainerCallback):
         self.count = count
         self.flops = StepFlops(step=warmup - 1)
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        inner = train_dataloader.collate_fn
-
-        def counting(examples):
-            batch = inner(examples)
+    def counting(self, collate):
+        """`collate` that also records each batch's counts."""
+        def wrapped(examples):
+            batch = collate(examples)
             self.batches.append(self.count(batch))
             return batch
-
-        train_dataloader.collate_fn = counting
+        return wrapped
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.flops.begin(state.global_step)
@@ -88,7 +87,7 @@ def rates(probe: Probe, warmup: int, accum: int) -> dict:
         raise SystemExit(f"only {steps} steps ran (early stop?): nothing to time after {warmup} warm-up steps")
     if len(probe.batches) < steps * accum:
         raise SystemExit(f"the collator was seen building {len(probe.batches)} batches for {steps} steps: "
-                         "the trainer no longer collates through its train_dataloader's collate_fn")
+                         "the trainer no longer collates through the collator the benchmark wraps")
     timed = probe.ends[-1] - probe.ends[warmup - 1]
     window = probe.batches[warmup * accum: steps * accum]
     tokens, computed = sum(b["tokens"] for b in window), sum(b["computed"] for b in window)
@@ -118,8 +117,10 @@ def run_tunelab(a, runs_dir: str) -> dict:
 
     cfg = _product.load(a.config, runs_dir, length_overrides(a))
     rd, tokenizer, prepared = _product.prepare(cfg)
-    objective = TASKS[cfg.task].objective
-    probe = Probe(a.warmup, lambda b: batch_counts(b, objective.counts(b)))
+    task = TASKS[cfg.task]
+    probe = Probe(a.warmup, lambda b: batch_counts(b, task.objective.counts(b)))
+    # The product builds its collator from the task (train/stage.py build_trainer): count what it builds.
+    TASKS[cfg.task] = dataclasses.replace(task, collator=lambda tok, batching: probe.counting(task.collator(tok, batching)))
     start = time.perf_counter()
     result = train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[probe])
     out = rates(probe, a.warmup, cfg.train.grad_accum)
@@ -173,6 +174,7 @@ def run_peer(a, runs_dir: str) -> dict:
                          max_length=cfg.data.max_length + 16, packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
                               peft_config=peft, callbacks=[probe])
+        trainer.data_collator = probe.counting(trainer.data_collator)   # read when train() builds its loader
         trainer.train()
     out = rates(probe, a.warmup, cfg.train.grad_accum)
     out.update(precision="bf16" if a.side == "peer-bf16" else "fp32", torch_threads=torch.get_num_threads())
