@@ -10,8 +10,14 @@ TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH_SPEC)' | tr -c 'A-Za-
 PROJECT_STAMP := $(VENV)/.project
 MODELS_STAMP := $(VENV)/.models
 BROWSER_STAMP := $(VENV)/.browser
+# `make bench`: the peers the benchmarks measure against (TRL for training; transformers' generate is
+# already installed), pinned so that figures stay comparable; one JSON per benchmark in BENCH_DIR.
+BENCH_PEERS := trl==1.16.0 datasets==5.2.0
+BENCH_STAMP := $(VENV)/.bench-$(shell printf '%s' '$(BENCH_PEERS)' | tr -c 'A-Za-z0-9.' '_')
+BENCH_DIR ?= bench-results
+BENCH_ONLY ?= $(patsubst benchmarks/%.py,%,$(filter-out benchmarks/_%,$(wildcard benchmarks/*.py)))
 
-.PHONY: setup demo test test-slow clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(PROJECT_STAMP) $(MODELS_STAMP) $(BROWSER_STAMP)
 
@@ -44,6 +50,21 @@ $(BROWSER_STAMP): | $(BIN)/python
 demo: setup
 	$(BIN)/tunelab run examples/banking77/config.yaml --overwrite
 
+$(BENCH_STAMP): $(PROJECT_STAMP)
+	$(BIN)/python -m pip install -q $(BENCH_PEERS)
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+# Every benchmark under benchmarks/ (or those named in BENCH_ONLY), each writing BENCH_DIR/<name>.json;
+# a failing one is reported at the end and fails the target, after the others ran.
+bench: setup $(BENCH_STAMP)
+	@mkdir -p $(BENCH_DIR)
+	@failed=; for name in $(BENCH_ONLY); do \
+	  echo "== benchmarks/$$name.py -> $(BENCH_DIR)/$$name.json (load: $$(cut -d' ' -f1-3 /proc/loadavg))"; \
+	  $(BIN)/python benchmarks/$$name.py --json $(BENCH_DIR)/$$name.json || failed="$$failed $$name"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
+
 test: setup
 	$(BIN)/python -m pytest -q
 
@@ -51,4 +72,4 @@ test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs $(BENCH_DIR)

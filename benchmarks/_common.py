@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
+BANKING77 = ROOT / "examples" / "banking77"   # the repository's copy: benchmarks never read ../shared
 INSTRUCTION = (
     "Classify this online-banking customer query into one of 77 intent categories. "
     "Answer with the category name only.\n\nQuery: "

@@ -1,52 +1,51 @@
-"""FLOP accounting for a LoRA training step (the formula is stated in train_throughput.py's docstring)."""
+"""FLOPs a training step executes, counted rather than modelled: `torch.utils.flop_counter` sees every
+matmul and attention kernel of the forward and backward pass, so the count follows whatever the recipe
+runs (LoRA on a causal LM, a classification head, layers skipped or cached)."""
 
 from __future__ import annotations
 
-import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from tunelab.train.collate import token_counts
-
-
-def flop_terms(cfg, r: int) -> tuple[float, float, float]:
-    """(FLOPs per computed token for the linear layers, per attended (query, key) pair, per supervised token)."""
-    d, layers, heads, hd = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
-    kv, ff = cfg.num_key_value_heads * hd, cfg.intermediate_size
-    shapes = [(d, heads * hd), (d, kv), (d, kv), (heads * hd, d), (d, ff), (d, ff), (ff, d)]
-    n_lin = layers * sum(i * o for i, o in shapes)        # frozen: fwd 2N + grads to activations 2N
-    n_lora = layers * sum(r * (i + o) for i, o in shapes)  # trained: fwd 2N + input grads 2N + weight grads 2N
-    # QK^T and AV: 2 matmuls x 2 FLOPs per MAC forward, twice that backward -> 12 per head dim per pair
-    return 4 * n_lin + 6 * n_lora, 12 * layers * heads * hd, 4 * cfg.vocab_size * d
+from tunelab.core.records import IGNORE
 
 
-def model_flops(examples: list[dict], cfg, r: int) -> float:
-    """FLOPs of training on `examples` one by one: each token computed once per example, causal attention."""
-    tok, pair, head = flop_terms(cfg, r)
-    total = 0.0
-    for e in examples:
-        n = len(e["input_ids"])
-        sup = sum(1 for t in e["labels"][1:] if t != -100)
-        total += n * tok + pair * n * (n + 1) / 2 + head * sup
-    return total
+def batch_counts(batch: dict, counts: tuple[int, int] | None) -> dict:
+    """Tokens trained on, supervised items and computed (non-padding) positions of one collated batch.
+
+    `counts` is (tokens, supervised) as the trainer's objective counts them; None counts here (padded
+    rows: the attention mask's ones; labels other than IGNORE after the first position).
+    """
+    ids, mask = batch.get("input_ids"), batch.get("attention_mask")
+    if counts is None:
+        tokens = int(mask.sum()) if mask is not None else int(ids.numel())
+        counts = (tokens, int((batch["labels"][:, 1:] != IGNORE).sum()))
+    if ids is None:
+        computed = counts[0]
+    elif mask is not None and mask.dim() == 2:   # padded rows: padding is executed but never credited
+        computed = int(mask.sum())
+    else:                                        # packed or shared-prefix rows: every position is real
+        computed = int(ids.numel())
+    return {"tokens": counts[0], "supervised": counts[1], "computed": computed}
 
 
-def layout_counts(batch: dict) -> dict:
-    """Tokens trained on, supervised targets, tokens actually computed and attended pairs of one batch."""
-    trained, supervised = token_counts(batch)
-    mask = batch.get("attention_mask")
-    if mask is not None and mask.dim() == 4:  # shared-prefix row: the mask lists every attended pair
-        computed, pairs = batch["input_ids"].numel(), int(mask.sum())
-    elif mask is not None:  # padded rows: count each row's real tokens (padding is waste, not credited)
-        lengths = mask.sum(-1)
-        computed, pairs = int(lengths.sum()), int((lengths * (lengths + 1) // 2).sum())
-    else:  # packed row: segments start where position_ids restart at 0
-        pos = batch["position_ids"][0]
-        starts = torch.nonzero(pos == 0).flatten().tolist() + [pos.numel()]
-        lengths = torch.tensor([b - a for a, b in zip(starts, starts[1:])])
-        computed, pairs = pos.numel(), int((lengths * (lengths + 1) // 2).sum())
-    return {"tokens": trained, "supervised": supervised, "computed": computed, "pairs": pairs}
+class StepFlops:
+    """Counts the FLOPs of one optimizer step (forward, backward and optimizer of all its micro-batches)."""
 
+    def __init__(self, step: int):
+        self.step, self.mode, self.flops = step, None, 0
 
-def executed_flops(counts: list[dict], cfg, r: int) -> float:
-    """FLOPs the batches' layout needs (shared prefixes computed once; padding not credited)."""
-    tok, pair, head = flop_terms(cfg, r)
-    return sum(c["computed"] * tok + c["pairs"] * pair + c["supervised"] * head for c in counts)
+    def begin(self, global_step: int) -> None:
+        if global_step == self.step and self.mode is None and not self.flops:
+            self.mode = FlopCounterMode(display=False)
+            self.mode.__enter__()
+
+    def end(self) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.flops, self.mode = self.mode.get_total_flops(), None
+
+    def per_computed_token(self, batches: list[dict], accum: int) -> float:
+        """FLOPs per computed position of the counted step; its micro-batches are the collator's
+        batches number step*accum .. (step+1)*accum - 1 (batches are collated in order)."""
+        mine = batches[self.step * accum:(self.step + 1) * accum]
+        return self.flops / max(sum(b["computed"] for b in mine), 1)

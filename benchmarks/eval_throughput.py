@@ -1,19 +1,32 @@
-"""Evaluation throughput: tunelab's `Decoder` (label-constrained and free) vs transformers `generate`.
+"""Evaluation throughput of `tunelab run`'s evaluation of the fine-tuned model vs transformers `generate`.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--examples 64] [--batch-size 16] [--json out.json]
+    .venv/bin/python benchmarks/eval_throughput.py [--config examples/banking77/config.yaml]
+        [--examples 64] [--train-steps 2] [--repeats 1] [--json out.json]
 
-Same model (the embedded SmolLM2-135M-Instruct, fp32 on both sides: without AMX bf16 is slower here,
-see README.md), the same Banking77 test prompts (chat template, instruction + query, generation prompt),
-the same batch size, greedy decoding. The peer is `model.generate` on left-padded batches with
-`do_sample=False`, stopping at `<|im_end|>` or `--max-new-tokens`; tunelab free decoding uses the same
-limit, constrained decoding stops when a label is complete. Each mode runs `--repeats` times,
-interleaved, and keeps its best (the machine is shared; the load average is printed).
+The product path: the config file (default: the demo's) is trained for `--train-steps` steps by the
+train stage (a fine-tuned model in `best/`, saved the way `tunelab run` saves it), then the evaluate
+stage (`tunelab.evaluate.stage.run`) scores it on a seeded `--examples` subset of the test split
+(`eval.max_test`; baselines and the forgetting probe off, so only the fine-tuned system runs). Its
+rate is the evaluate stage's own timing of the fine-tuned system (metrics.json `eval_seconds`), with
+the precision (`precision: auto`), batch size, decoding and threads `tunelab run` uses for that
+config on this machine; the JSON records them with the CPU flags.
+
+The peer: the same fine-tuned model (the same `best/` folder loaded on the base model, PEFT adapter
+unmerged as the product has it) and the same prompt token ids, decoded greedily by `model.generate` in
+left-padded batches of `eval.batch_size`, stopping at the end-of-turn token or after as many new tokens
+as the longest label needs. "Its best flags": once in fp32 and once under bf16 autocast, the faster kept.
+A config whose task has no generation (a classification head) has no `generate` peer: the JSON says so.
+
+Each side runs in its own subprocess (honest peak RSS); `--repeats` interleaves them and keeps each
+side's best (the machine may be shared: the load average is printed with every run).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,87 +34,159 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from _common import banking77_examples, load_avg, model_folder, peak_rss_gb, write_json  # noqa: E402
+import _product  # noqa: E402
+from _common import load_avg, peak_rss_gb, write_json  # noqa: E402
 
 
-def generate_peer(model, tok, prompts: list[list[int]], batch_size: int, max_new: int, end_id: int) -> list[str]:
-    """transformers `generate`, batched with left padding, greedy."""
+def overrides(a) -> list[str]:
+    """Run-length settings only: a short training, then the fine-tuned model alone on a test subset."""
+    return [f"train.max_steps={a.train_steps}", "train.eval_every=1000000", "train.save_every=null",
+            "train.patience=null", "train.eval_examples=16", f"eval.max_test={a.examples}", "eval.baselines=[]", "eval.forgetting=false",
+            "eval.time_budget_s=null", "name=bench-eval"]
+
+
+def run_tunelab(cfg) -> dict:
+    """The evaluate stage on the run folder; the fine-tuned system's rate as the stage timed it."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.evaluate import stage as evaluate_stage
+    from tunelab.models import choose_precision
+    from tunelab.train.stage import threads
+
+    rd = RunDir.for_config(cfg)
+    torch.set_num_threads(threads(cfg))
+    start = time.perf_counter()
+    results = evaluate_stage.run(cfg, rd)
+    wall = time.perf_counter() - start
+    seconds = rd.metrics()["eval_seconds"]["finetuned"]
+    entry = results["finetuned"]
+    n = entry.get("n", cfg.eval.max_test)
+    return {"examples_per_s": n / seconds, "seconds": seconds, "stage_wall_s": wall, "examples": n,
+            "accuracy": entry.get("accuracy"), "peak_rss_gb": peak_rss_gb(), "torch_threads": torch.get_num_threads(),
+            **_product.chosen_settings(cfg, choose_precision(cfg.train).reason), "eval_batch_size": cfg.eval.batch_size}
+
+
+def run_peer(cfg, precision: str) -> dict:
+    """transformers `generate`, greedy, left-padded batches, on the fine-tuned model and the product's prompts."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.data import load_prepared
+    from tunelab.evaluate.common import test_records
+    from tunelab.evaluate.generative import label_trie
+    from tunelab.evaluate.prompts import PromptBuilder, ShotPicker
+    from tunelab.methods import load_trained
+    from tunelab.models import load_tokenizer
+    from tunelab.train.render import Renderer
+    from tunelab.train.stage import threads
+
+    rd = RunDir.for_config(cfg)
+    torch.set_num_threads(threads(cfg))
+    tok, prepared = load_tokenizer(cfg.model), load_prepared(rd.data)
+    test, labels = test_records(cfg, prepared), prepared.labels
+    renderer = Renderer(tok, cfg)
+    prompts = PromptBuilder(renderer, labels, ShotPicker(prepared.splits["train"], 1, 0, labels))
+    ids = [prompts.finetuned(r) for r in test]
+    max_new = max(len(s) for s in label_trie(renderer, labels, test[0]).sequences()) if labels \
+        else cfg.eval.max_new_tokens
+    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method).eval()
+    end = sorted(renderer.end_ids)
+    start = time.perf_counter()
+    texts = generate(model, tok, ids, cfg.eval.batch_size, max_new, end, precision)
+    seconds = time.perf_counter() - start
+    right = sum(t == str(r["output"]) for t, r in zip(texts, test))
+    return {"examples_per_s": len(ids) / seconds, "seconds": seconds, "examples": len(ids),
+            "accuracy": right / len(ids), "peak_rss_gb": peak_rss_gb(), "precision": precision,
+            "max_new_tokens": max_new, "torch_threads": torch.get_num_threads()}
+
+
+def generate(model, tok, prompts: list[list[int]], batch_size: int, max_new: int, end: list[int],
+             precision: str) -> list[str]:
+    """Greedy `generate` over left-padded batches; the decoded new text of each prompt."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+        chunk = prompts[start:start + batch_size]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new, do_sample=False,
-                                 eos_token_id=end_id, pad_token_id=tok.pad_token_id)
+                                 eos_token_id=end, pad_token_id=tok.pad_token_id)
         out.extend(tok.decode(g[width:], skip_special_tokens=True).strip() for g in gen)
     return out
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - start, result
+def child(a) -> None:
+    cfg = _product.load(a.config, a.runs_dir, overrides(a))
+    result = run_tunelab(cfg) if a.side == "tunelab" else run_peer(cfg, a.side.split("-")[1])
+    write_json(a.result, result)
+
+
+def spawn(a, side: str) -> dict:
+    res = _product.spawn(__file__, side, ["--runs-dir", a.runs_dir, "--config", str(a.config), "--examples",
+                                          str(a.examples), "--train-steps", str(a.train_steps)])
+    print(f"  {side:9s} {res['examples_per_s']:6.2f} examples/s  accuracy {res['accuracy']}  "
+          f"rss {res['peak_rss_gb']:.2f} GB  load {res['loadavg_start']} -> {load_avg()}", flush=True)
+    return res
+
+
+def report(a, runs: dict) -> dict:
+    best = {side: max(rs, key=lambda r: r["examples_per_s"]) for side, rs in runs.items() if rs}
+    tl = best["tunelab"]
+    flat = {**_product.cpu_flags(), "config": str(a.config), "examples": tl["examples"], "loadavg": load_avg(),
+            **{k: tl[k] for k in ("precision", "batching", "threads", "task", "method", "eval_batch_size")},
+            "tunelab_examples_per_s": tl["examples_per_s"], "tunelab_accuracy": tl["accuracy"],
+            "tunelab_peak_rss_gb": tl["peak_rss_gb"], "tunelab_stage_wall_s": tl["stage_wall_s"],
+            "train_steps": a.train_steps}
+    print(f"\nproduct chose: precision {tl['precision']!r}, eval batch {tl['eval_batch_size']}, threads "
+          f"{tl['threads']} (task {tl['task']}, method {tl['method']}); CPU {flat['cpu_model']}, AMX {flat['amx']}")
+    print(f"tunelab : {tl['examples_per_s']:.2f} examples/s on {tl['examples']} test examples, peak RSS "
+          f"{tl['peak_rss_gb']:.2f} GB")
+    peers = {s: r for s, r in best.items() if s.startswith("peer")}
+    for side, r in peers.items():
+        flat[f"{side.replace('-', '_')}_examples_per_s"] = r["examples_per_s"]
+    if peers:
+        side, peer = max(peers.items(), key=lambda kv: kv[1]["examples_per_s"])
+        flat.update(peer_best=side, generate_examples_per_s=peer["examples_per_s"], generate_accuracy=peer["accuracy"],
+                    generate_peak_rss_gb=peer["peak_rss_gb"], eval_ratio=tl["examples_per_s"] / peer["examples_per_s"])
+        print(f"generate: {peer['examples_per_s']:.2f} examples/s ({side}), accuracy {peer['accuracy']}")
+        print(f"ratio tunelab/generate: {flat['eval_ratio']:.2f}x (goal >= 3x)")
+    else:
+        flat["peer"] = f"none: task {tl['task']} has no generation to compare with transformers generate"
+        print(flat["peer"])
+    return flat
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--examples", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--config", type=Path, default=_product.DEMO_CONFIG, help="the config `tunelab run` would get")
+    ap.add_argument("--examples", type=int, default=64, help="test examples (seeded subset, eval.max_test)")
+    ap.add_argument("--train-steps", type=int, default=2, help="training steps before evaluating")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--peer-precisions", default="fp32,bf16")
     ap.add_argument("--json")
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--runs-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    from tunelab.evaluate.decoding import Decoder, LabelTrie
-    from tunelab.models import Precision
+    if a.side:
+        return child(a)
+    from tunelab.tasks import TASKS
+    from tunelab.train import stage as train_stage
 
-    folder = model_folder()
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    end_id = tok.convert_tokens_to_ids("<|im_end|>")
-    rows = banking77_examples(tok, a.examples, seed=0, split="test")
-    prompts = [e["input_ids"][: e["prompt_len"]] for e in rows]
-    gold = [e["category"] for e in rows]
-    all_labels = sorted({e["category"] for e in banking77_examples(tok, 100_000, split="train")})
-    trie = LabelTrie.build({lab: tok(lab, add_special_tokens=False)["input_ids"] + [end_id] for lab in all_labels})
-    decoder = Decoder(model, Precision("cpu", False, False, "fp32"), tok.pad_token_id, {end_id}, a.batch_size)
-    modes = {
-        "constrained": lambda: [trie.labels[d.label] for d in decoder.run(prompts, trie=trie)],
-        "free": lambda: [tok.decode(d.tokens, skip_special_tokens=True).strip()
-                         for d in decoder.run(prompts, max_new_tokens=a.max_new_tokens)],
-        "generate": lambda: generate_peer(model, tok, prompts, a.batch_size, a.max_new_tokens, end_id),
-    }
-    print(f"load average before: {load_avg()}; {a.examples} Banking77 test prompts, batch {a.batch_size}, "
-          f"threads {a.threads}", flush=True)
-    best: dict[str, float] = {}
-    acc: dict[str, float] = {}
-    outputs: dict[str, list[str]] = {}
-    for r in range(a.repeats):
-        for name, fn in modes.items():
-            seconds, preds = timed(fn)
-            rate = len(prompts) / seconds
-            best[name] = max(best.get(name, 0.0), rate)
-            acc[name] = sum(p == g for p, g in zip(preds, gold)) / len(gold)
-            outputs[name] = preds
-            print(f"  run {r}: {name:11s} {rate:6.2f} examples/s  accuracy {acc[name]:.3f}  load {load_avg()}", flush=True)
-    flat = {f"{k}_examples_per_s": v for k, v in best.items()}
-    flat.update({f"{k}_accuracy": v for k, v in acc.items()})
-    # Same greedy work on both sides: tunelab's free decoding should reproduce generate's text.
-    flat["free_generate_agreement"] = sum(x == y for x, y in zip(outputs["free"], outputs["generate"])) / len(prompts)
-    flat.update(eval_ratio=best["constrained"] / best["generate"], free_ratio=best["free"] / best["generate"],
-                peak_rss_gb=peak_rss_gb(), threads=a.threads, batch_size=a.batch_size, examples=a.examples,
-                loadavg=load_avg())
-    print(f"\ntunelab constrained {best['constrained']:.2f} examples/s, tunelab free {best['free']:.2f}, "
-          f"transformers generate {best['generate']:.2f}")
-    print(f"ratio tunelab/generate: constrained {flat['eval_ratio']:.2f}x, free {flat['free_ratio']:.2f}x; "
-          f"peak RSS {flat['peak_rss_gb']:.2f} GB; free decoding = generate's text on "
-          f"{flat['free_generate_agreement']:.0%} of prompts")
-    write_json(a.json, flat)
+    print(f"load average before: {load_avg()}; {os.cpu_count()} CPUs, torch {torch.__version__}, config {a.config}",
+          flush=True)
+    with tempfile.TemporaryDirectory() as runs_dir:
+        a.runs_dir = runs_dir
+        cfg = _product.load(a.config, runs_dir, overrides(a))
+        rd, tokenizer, prepared = _product.prepare(cfg)
+        train_stage.run(cfg, rd, prepared, tokenizer)
+        sides = ["tunelab"]
+        if TASKS[cfg.task].serving == "chat":
+            sides += [f"peer-{p.strip()}" for p in a.peer_precisions.split(",") if p.strip()]
+        runs: dict[str, list] = {s: [] for s in sides}
+        for _ in range(a.repeats):
+            for side in sides:
+                runs[side].append(spawn(a, side))
+    write_json(a.json, report(a, runs))
 
 
 if __name__ == "__main__":

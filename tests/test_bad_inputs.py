@@ -328,6 +328,11 @@ CASES = [
     Case("dropped_rows_counted", _validate_csv("dd.csv", labelled(40) + labelled(2) + [["", "card"]]), 0,
          ["3 row(s) dropped (2 exact_duplicate, 1 empty_text)", "dropped dd.csv:44 (train): empty_text",
           "writes the full list to"], data=True),
+    # 7. data as other authors ship it: a computed column whose path a record lacks
+    Case("fields_bad_path", _validate_csv("fp.csv", labelled(40), **{"data.fields": {"label2": "{category}_{nope}"}}),
+         2, ["fp.csv:2 [data.fields.label2]: bad_field_path", "without 'nope' (keys: text, category)"], data=True),
+    Case("fields_bad_template", _validate_csv("ft.csv", labelled(40), **{"data.fields": {"label2": "category"}}),
+         2, ["fields.label2", "needs {path} placeholders"]),
 ]
 
 

@@ -166,3 +166,34 @@ def test_forgetting_gate_fails_the_run_after_writing_the_figures(summaries, tmp_
     assert f["perplexity_change"] > 0 and f["kl_mean"] > 0
     assert f["perplexity"] == pytest.approx(f["perplexity_base"] * (1 + f["perplexity_change"]))
     assert "finetuned" in m["test"]   # the test figures are kept even though the run failed
+
+
+def test_every_system_shows_a_progress_bar_with_an_eta(labelled, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUNELAB_PROGRESS", "1")
+    cfg, rd, prepared, tok = fresh(labelled, tmp_path, forgetting=True, forgetting_tokens=64, time_budget_s=1e6)
+    evaluate(cfg, rd, prepared, tok)
+    err = capsys.readouterr().err
+    for name in ("calibrating the time budget", "fine-tuned", "zero-shot", "few-shot", "forgetting probe"):
+        bars = [line for line in re.split(r"[\r\n]", err) if line.startswith(name + ":")]
+        assert bars, f"no progress bar for {name}:\n{err[-2000:]}"
+        assert re.search(r"\[\d\d:\d\d<\d\d:\d\d", bars[-1]), bars[-1]   # elapsed<remaining: the ETA
+
+
+def test_baselines_see_the_whole_test_set_when_it_fits_the_budget(labelled, tmp_path):
+    cfg, rd, prepared, tok = fresh(labelled, tmp_path, baseline_per_class=None)
+    with captured() as lines:
+        evaluate(cfg, rd, prepared, tok)
+    sizing = rd.metrics()["baseline_sizing"]
+    assert sizing["examples"] == sizing["test_examples"] == 12 and "fits the budget" in sizing["reason"]
+    assert rd.metrics()["test"]["zero_shot"]["n"] == 12
+    assert any(line.startswith("baselines on 12 of 12 test examples") for line in lines)
+
+
+def test_slow_baselines_run_on_a_stratified_subset_cut_to_the_budget(labelled, tmp_path):
+    cfg, rd, prepared, tok = fresh(labelled, tmp_path, baseline_per_class=None, baseline_budget_s=1e-6,
+                                   baseline_ci_width=0.3)
+    evaluate(cfg, rd, prepared, tok)
+    sizing = rd.metrics()["baseline_sizing"]
+    assert sizing["examples"] == 3 and "cut to 3" in sizing["reason"]   # one per label: the floor
+    subset = [p for p in predictions(rd) if p["system"] == "zero_shot"]
+    assert sorted(p["reference"] for p in subset) == sorted(LABELS)

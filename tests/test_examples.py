@@ -70,12 +70,38 @@ def _dialogsum_copy(out: Path) -> dict[str, str]:
     return paths
 
 
+def _hwu64_copy(out: Path) -> dict[str, str]:
+    """CLASSES intent files of each split, cut to their first rows, bytes as published (semicolons)."""
+    paths = {}
+    for split, n in (("train", 8), ("test", 3)):
+        folder = out / f"hwu64-{split}"
+        folder.mkdir()
+        for f in sorted((EXAMPLES / "hwu64" / split).glob("*.csv"))[:CLASSES]:
+            (folder / f.name).write_bytes(b"\n".join(f.read_bytes().split(b"\n")[:n + 1]) + b"\n")
+        paths[split] = str(folder)
+    return paths
+
+
+def _snips_copy(out: Path) -> dict[str, str]:
+    """CLASSES intent files of each split with their first records, in the published nested shape."""
+    paths = {}
+    for split, name, n in (("train", "train", 8), ("test", "validate", 3)):
+        folder = out / f"snips-{split}"
+        folder.mkdir()
+        for f in sorted((EXAMPLES / "snips" / name).glob("*.json"))[:CLASSES]:
+            doc = json.loads(f.read_bytes().decode("utf-8", errors="replace"))
+            (folder / f.name).write_text(json.dumps({k: v[:n] for k, v in doc.items()}, indent=2), encoding="utf-8")
+        paths[split] = str(folder)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("examples")
     return {"llama": tiny_llama(root / "llama"), "bert": tiny_bert_classifier(root / "bert", num_labels=CLASSES),
             "llama-cls": tiny_llama(root / "llama-cls", num_labels=CLASSES, layers=3),
-            "banking77": _banking_copy(root), "dialogsum": _dialogsum_copy(root)}
+            "banking77": _banking_copy(root), "dialogsum": _dialogsum_copy(root),
+            "hwu64": _hwu64_copy(root), "snips": _snips_copy(root)}
 
 
 def _overrides(path: Path, tiny: dict, runs: Path) -> list[str]:

@@ -65,10 +65,32 @@ class DataConfig(_Section):
     chunk_tokens: int = Field(512, ge=16, description="task=pretrain: chunk documents into pieces of this many tokens.")
     chunk_overlap: int = Field(64, ge=0, description="task=pretrain: tokens shared by consecutive chunks.")
     encoding: str | dict[Literal["train", "validation", "test"], str] = Field("utf-8", description="Text encoding of the input files (e.g. latin-1, cp1252), or one per split ({train: utf-16, test: utf-8}); bytes that do not decode are reported by line. A file that starts with a byte-order mark (UTF-8, UTF-16, UTF-32) is read in the encoding the mark names, whatever this says.")
+    delimiter: str = Field("auto", description="Field separator of csv/tsv files: `auto` takes the one the header line holds most often among , ; tab | (files as some tools export them, e.g. semicolon CSVs), or one character to force it.")
+    json_key_column: str | None = Field(None, description="JSON files shaped {\"key\": [records], ...} (e.g. one file per intent, the intent as the key) are read as those records, each with its key in this column.")
+    fields: dict[str, str] = Field(default_factory=dict, description="Columns computed from each record as read, for data whose text or label is not one flat column: name -> a template of {path} placeholders, a path being name, a.b, a[0] or a[*].b (a list of strings is joined without separator). E.g. {label: '{scenario}_{intent}'} or {text: '{data[*].text}'}. A record lacking a path is reported (file, line, field) and with errors: skip dropped.")
     errors: Literal["fail", "skip"] = Field("fail", description="Rows that cannot be read (malformed JSON, undecodable bytes, wrong field count, missing field): fail listing every problem, or skip them and count them as dropped.")
     date_order: Literal["mdy", "dmy"] = Field("mdy", description="`dates` op: how to read ambiguous dates like 03/05/2024.")
     boilerplate_share: float = Field(0.3, gt=0.0, le=1.0, description="`boilerplate` op: a line recurring in at least this share of documents (and at least 3) is removed.")
 
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, v):
+        if v != "auto" and len(v) != 1:
+            raise ValueError(f"delimiter must be 'auto' or one character (e.g. ';' or '\\t'), not {v!r}")
+        return v
+
+    @field_validator("fields")
+    @classmethod
+    def _fields(cls, v):
+        from tunelab.data.fields import template_paths   # the path syntax lives with its reader
+
+        for name, template in v.items():
+            try:
+                template_paths(template)
+            except ValueError as e:
+                raise ValueError(f"fields.{name}: {e}") from None
+        return v
 
     @field_validator("encoding")
     @classmethod
@@ -137,7 +159,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     baselines: list[Literal["zero_shot", "few_shot"]] = Field(default_factory=lambda: ["zero_shot", "few_shot"], description="Baselines of the same base model measured on the same test examples.")
     few_shot_k: int = Field(5, ge=1, description="Training examples shown in the few-shot prompt.")
-    baseline_per_class: int | None = Field(10, ge=1, description="Evaluate baselines on a fixed stratified subset with this many test examples per class (None = full test set).")
+    baseline_per_class: int | None = Field(None, ge=1, description="Evaluate baselines on a fixed stratified subset with this many test examples per class. None (default): sized automatically, see baseline_ci_width and baseline_budget_s.")
+    baseline_ci_width: float = Field(0.05, gt=0.0, lt=0.5, description="Baselines on a label set that are too slow for the whole test set run on a stratified subset large enough for a 95% interval of this half-width on their accuracy (0.05 = +-5 points; n from the Wilson interval at accuracy 0.5, the widest case).")
+    baseline_budget_s: float = Field(600.0, gt=0, description="Seconds all baselines together may take, estimated from the fine-tuned model's measured time per test example and each baseline's prompt length: the whole test set when it fits (e.g. encoder baselines), else the subset baseline_ci_width asks for, cut to what fits (the log says how wide its intervals then are).")
     max_test: int | None = Field(None, ge=1, description="Evaluate at most this many test examples (seeded stratified subset).")
     batch_size: int = Field(16, ge=1, description="Evaluation batch size.")
     constrained: Literal["auto", "on", "off"] = Field("auto", description="Constrain decoding to the label set; `auto`: on when train outputs form a closed set.")

@@ -59,17 +59,48 @@ def json_array(text: str, name: str, problems: Problems) -> bool:
 
 def element_lines(text: str) -> list[int]:
     """The 1-based line where each element of a top-level JSON array starts."""
-    dec, pos, lines = json.JSONDecoder(), text.find("["), []
+    pos = text.find("[")
+    return [] if pos < 0 else _array_lines(text, pos + 1)[0]
+
+
+def keyed_element_lines(text: str) -> list[int]:
+    """For a top-level object of arrays ({"a": [...], "b": [...]}): the 1-based line where each element
+    of each array starts, in document order (what `element_lines` is for a top-level array)."""
+    dec, pos, lines = json.JSONDecoder(), text.find("{"), []
     if pos < 0:
         return lines
     pos += 1
+    try:
+        while True:
+            pos = _skip(text, pos, " \t\r\n,")
+            if pos >= len(text) or text[pos] == "}":
+                return lines
+            _, pos = dec.raw_decode(text, pos)          # the key
+            pos = _skip(text, pos, " \t\r\n:")
+            if text[pos] != "[":
+                _, pos = dec.raw_decode(text, pos)      # not an array: skipped
+                continue
+            found, pos = _array_lines(text, pos + 1)
+            lines += found
+    except (json.JSONDecodeError, IndexError):
+        return lines
+
+
+def _skip(text: str, pos: int, chars: str) -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _array_lines(text: str, pos: int) -> tuple[list[int], int]:
+    """Lines where the elements of the array whose body starts at `pos` start; and the position after it."""
+    dec, lines = json.JSONDecoder(), []
     while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
+        pos = _skip(text, pos, " \t\r\n,")
         if pos >= len(text) or text[pos] == "]":
-            return lines
+            return lines, pos + 1
         lines.append(text.count("\n", 0, pos) + 1)
         try:
             _, pos = dec.raw_decode(text, pos)
         except json.JSONDecodeError:
-            return lines
+            return lines, len(text)

@@ -79,6 +79,11 @@ def _decode(raw: bytes, name: str, codec: str, why: str, problems: Problems) -> 
         return Decoded(raw.decode(codec), set(), codec, why)
     except UnicodeDecodeError:
         pass
+    paired = _surrogate_pairs(raw) if codecs.lookup(codec).name == "utf-8" else None
+    if paired is not None:
+        return Decoded(paired, set(), "utf-8",
+                       "characters beyond U+FFFF written as CESU-8 surrogate pairs (as Java and some "
+                       "JSON writers emit them), each pair read as the character it encodes")
     if _wide(codec):   # lines cannot be cut from the bytes of a wide encoding: one problem for the file
         text = raw.decode(codec, errors="replace")
         problems.add("undecodable_file", name, expected=f"{codec} text ({why})", found="bytes that do not decode",
@@ -96,6 +101,16 @@ def _decode(raw: bytes, name: str, codec: str, why: str, problems: Problems) -> 
                          found=f"byte 0x{byte} at column {e.start + 1} ({_guess(line)})",
                          hint="re-save the file as UTF-8 or set data.encoding (e.g. latin-1, cp1252)")
     return Decoded(raw.decode(codec, errors="replace"), bad, codec, why)
+
+
+def _surrogate_pairs(raw: bytes) -> str | None:
+    """The text of UTF-8 bytes whose only fault is characters beyond U+FFFF encoded as surrogate pairs
+    (CESU-8); None when other bytes do not decode or a surrogate is unpaired."""
+    try:
+        text = raw.decode("utf-8", errors="surrogatepass")
+        return text.encode("utf-16-le", errors="surrogatepass").decode("utf-16-le")
+    except UnicodeError:
+        return None
 
 
 def _guess(line: bytes) -> str:

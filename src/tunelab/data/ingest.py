@@ -11,18 +11,22 @@ import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-from tunelab.data._json import JsonObject, duplicate_keys, element_lines, json_array
+from tunelab.data._json import JsonObject, duplicate_keys, element_lines, json_array, keyed_element_lines
 from tunelab.data.encoding import decode_file
+from tunelab.data.fields import PathError, render
 from tunelab.data.html import html_to_text
 from tunelab.data.problems import Problems
 
 TABLE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet")
 DOC_FORMATS = ("txt", "md", "html", "pdf", "docx")
 # Problems confined to one row: `data.errors: skip` drops such rows (counted) instead of stopping.
-ROW_PROBLEMS = ("malformed_json", "non_utf8", "malformed_row", "not_an_object", "duplicate_key")
+ROW_PROBLEMS = ("malformed_json", "non_utf8", "malformed_row", "not_an_object", "duplicate_key", "bad_field_path")
+# `delimiter: auto` picks, from a delimited file's header line, the candidate it holds most often.
+DELIMITERS = (",", ";", "\t", "|")
 _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
                ".parquet": "parquet", ".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html",
                ".htm": "html", ".pdf": "pdf", ".docx": "docx"}
@@ -57,6 +61,7 @@ class Ingested:
     skipped: list[tuple[Row, str]] = field(default_factory=list)  # (row, reason) with errors=skip
     read: int = 0                                       # rows read, including skipped ones
     encodings: dict[str, str] = field(default_factory=dict)  # files not read in the configured encoding
+    delimiters: dict[str, str] = field(default_factory=dict)  # delimited files not split on their format's default
 
     @property
     def columns(self) -> list[str]:
@@ -87,12 +92,17 @@ def sha256_file(path: Path) -> str:
 
 
 def ingest(spec: str, base: Path, fmt: str = "auto", encoding: str = "utf-8",
-           problems: Problems | None = None, skip_bad_rows: bool = False) -> Ingested:
+           problems: Problems | None = None, skip_bad_rows: bool = False, delimiter: str = "auto",
+           key_column: str | None = None, fields: dict[str, str] | None = None) -> Ingested:
     """Read every file a spec names into rows, recording problems (missing file, bad bytes, bad JSON...).
 
     Args:
-        skip_bad_rows: rows with malformed JSON, undecodable bytes or a wrong field count are still
-            reported, as warnings, and kept in `skipped` instead of stopping the run.
+        skip_bad_rows: rows with malformed JSON, undecodable bytes, a wrong field count or a field
+            path they lack are still reported, as warnings, and kept in `skipped` instead of stopping.
+        delimiter: csv/tsv field separator, or "auto" (from the header line, see `sniff_delimiter`).
+        key_column: JSON files shaped {"key": [records], ...} are read as those records, each with
+            its key in this column (e.g. SNIPS: one file per intent, the intent as the key).
+        fields: columns computed from each row (`fields.render` templates), added to its fields.
     """
     problems = problems if problems is not None else Problems()
     out = Ingested()
@@ -110,16 +120,47 @@ def ingest(spec: str, base: Path, fmt: str = "auto", encoding: str = "utf-8",
             continue
         before = len(out.rows) + len(out.skipped)
         reader = _READERS[kind]
-        sink = Problems()
+        if kind in ("csv", "tsv"):
+            reader = partial(reader, delimiter=delimiter)
+        elif kind == "json":
+            reader = partial(reader, key_column=key_column)
+        sink, first = Problems(), len(out.rows)
         reader(path, name, out, sink, encoding, kind)
+        if fields:
+            _computed_fields(out, first, fields, sink)
         for p in sink.items:  # row-level problems become warnings when the user asked to skip bad rows
             rowlevel = p.kind in ROW_PROBLEMS
             problems.items.append(replace(p, severity="warning") if skip_bad_rows and rowlevel else p)
         out.files.append({"path": name, "sha256": sha256_file(path), "format": kind,
                           "rows": len(out.rows) + len(out.skipped) - before,
-                          **({"encoding": out.encodings[name]} if name in out.encodings else {})})
+                          **({"encoding": out.encodings[name]} if name in out.encodings else {}),
+                          **({"delimiter": out.delimiters[name]} if name in out.delimiters else {})})
     out.read = len(out.rows) + len(out.skipped)
     return out
+
+
+def _computed_fields(out: Ingested, first: int, fields: dict[str, str], problems: Problems) -> None:
+    """Add `data.fields` to the rows this file gave (`out.rows[first:]`); a row lacking a path is
+    skipped with a located `bad_field_path` problem."""
+    kept = out.rows[:first]
+    for row in out.rows[first:]:
+        computed, failed = {}, None
+        for name, template in fields.items():
+            try:
+                computed[name] = render(template, row.fields)
+            except PathError as e:
+                failed = (name, template, e)
+                break
+        if failed is None:
+            row.fields.update(computed)
+            kept.append(row)
+            continue
+        name, template, e = failed
+        problems.add("bad_field_path", row.file, row.line, f"data.fields.{name}",
+                     expected=f"{template!r} to name a value in this record", found=str(e),
+                     hint="fix the path in data.fields (name, a.b, a[0], a[*].b) or set data.errors: skip")
+        out.skipped.append((row, "bad_field_path"))
+    out.rows = kept
 
 
 def _nothing(spec: str, base: Path) -> tuple[str, str]:
@@ -160,13 +201,28 @@ def _decode(path: Path, name: str, out: Ingested, problems: Problems, encoding: 
 # ---------------------------------------------------------------- table readers
 
 
-def _read_delimited(path, name, out, problems, encoding, kind):
+def sniff_delimiter(text: str, default: str) -> str:
+    """The candidate separator (, ; tab |) the first non-empty line holds most often outside quotes;
+    `default` when it holds none of them (a one-column file)."""
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    outside = "".join(part for i, part in enumerate(line.split('"')) if i % 2 == 0)
+    counts = {d: outside.count(d) for d in DELIMITERS}
+    best = max(counts, key=lambda d: (counts[d], d == default))
+    return best if counts[best] else default
+
+
+def _read_delimited(path, name, out, problems, encoding, kind, delimiter="auto"):
     decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
     text, bad = decoded
     csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if kind == "tsv" else ",")
+    default = "\t" if kind == "tsv" else ","
+    if delimiter == "auto":
+        delimiter = sniff_delimiter(text, default)
+    if delimiter != default:
+        out.delimiters[name] = delimiter
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header, start = None, 1
     for row in _csv_rows(reader, name, problems):
         end = reader.line_num
@@ -249,7 +305,7 @@ def _read_jsonl(path, name, out, problems, encoding, kind):
         out.rows.append(Row(dict(obj), name, i))
 
 
-def _read_json(path, name, out, problems, encoding, kind):
+def _read_json(path, name, out, problems, encoding, kind, key_column=None):
     decoded = _decode(path, name, out, problems, encoding)
     if decoded is None:
         return
@@ -260,6 +316,8 @@ def _read_json(path, name, out, problems, encoding, kind):
         problems.add("malformed_json", name, e.lineno, expected="a JSON array of objects or records",
                      found=f"{e.msg} at column {e.colno}")
         return
+    if key_column:
+        return _keyed_records(doc, text, name, out, problems, key_column)
     if isinstance(doc, dict) and all(isinstance(v, list) for v in doc.values()) and doc:
         lists = list(doc.values())
         if doc.own:
@@ -284,6 +342,31 @@ def _read_json(path, name, out, problems, encoding, kind):
             problems.add("not_an_object", name, line, field=f"[{i}]", expected="a JSON object",
                          found=type(obj).__name__)
             out.skipped.append((Row({"raw": obj}, name, line), "not_an_object"))
+
+
+def _keyed_records(doc, text: str, name: str, out: Ingested, problems: Problems, key_column: str) -> None:
+    """{"key": [records], ...} -> the records, each with its key in `key_column` (data.json_key_column)."""
+    shape = "an object whose values are lists of records (data.json_key_column)"
+    if not isinstance(doc, dict) or not doc or not all(isinstance(v, list) for v in doc.values()):
+        problems.add("json_shape", name, 1, expected=shape, found=f"{type(doc).__name__}" + (
+            f" with keys {', '.join(list(doc)[:5])}" if isinstance(doc, dict) else ""),
+            hint="remove data.json_key_column for a plain array of records")
+        return
+    lines = iter(keyed_element_lines(text))
+    for key, records in doc.items():
+        for i, obj in enumerate(records):
+            line = next(lines, None)
+            if not isinstance(obj, dict):
+                problems.add("not_an_object", name, line, field=f"{key}[{i}]", expected="a JSON object",
+                             found=type(obj).__name__)
+                out.skipped.append((Row({"raw": obj}, name, line), "not_an_object"))
+            elif key_column in obj:
+                problems.add("duplicate_key", name, line, field=f"{key}[{i}].{key_column}",
+                             expected=f"records without a {key_column!r} field (data.json_key_column fills it)",
+                             found=f"{key_column!r} = {str(obj[key_column])[:40]!r}", hint="choose another column name")
+                out.skipped.append((Row(dict(obj), name, line), "duplicate_key"))
+            else:
+                out.rows.append(Row({**obj, key_column: key}, name, line))
 
 
 def _read_parquet(path, name, out, problems, encoding, kind):

@@ -235,11 +235,15 @@ def _read(cfg: Config, problems: Problems, ledger: _Ledger) -> tuple[dict, Decis
         if not spec:
             continue
         encoding = d.encoding if isinstance(d.encoding, str) else d.encoding.get(s, "utf-8")
-        ing = ingest(spec, base, d.format, encoding, problems, skip_bad_rows=skip)
+        ing = ingest(spec, base, d.format, encoding, problems, skip_bad_rows=skip, delimiter=d.delimiter,
+                     key_column=d.json_key_column, fields=d.fields)
         files += [{"split": s, **f} for f in ing.files]
         for f in ing.files:
             if "encoding" in f:
                 log.info(f"{f['path']}: read as {f['encoding']}")
+        for sep in sorted({f["delimiter"] for f in ing.files if "delimiter" in f}):
+            n = sum(f.get("delimiter") == sep for f in ing.files)
+            log.info(f"{s}: fields separated by {sep!r} in {n} of {len(ing.files)} file(s) (data.delimiter={d.delimiter})")
         ledger.read[s] = ing.read
         for row, reason in ing.skipped:
             ledger.drop(s, {"id": row.id, "source": {"file": row.file, "line": row.line, "page": row.page},

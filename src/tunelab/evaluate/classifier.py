@@ -28,7 +28,7 @@ from tunelab.core.records import prompt_text
 from tunelab.core.rundir import RunDir
 from tunelab.evaluate.common import Systems, baseline_subset, prediction_rows, score, test_records, write_results
 from tunelab.methods import load_trained
-from tunelab.evaluate.generative import prompted_baselines, prompting
+from tunelab.evaluate.generative import prompted_baselines, prompted_cost, prompting
 from tunelab.models import Precision, choose_precision, is_decoder, load_model, local_folder
 from tunelab.train.render import Renderer
 
@@ -117,7 +117,9 @@ class EmbeddingBaselines:
 
     def few_shot(self, queries: torch.Tensor, shots: dict[str, list[dict]]) -> list[str]:
         names = list(shots)
-        centroids = torch.stack([self.encode([prompt_text(r) for r in shots[l]]).mean(0) for l in names])
+        # One pass (one progress bar) over every shot, not one per label.
+        rows = self.encode([prompt_text(r) for label in names for r in shots[label]])
+        centroids = torch.stack([part.mean(0) for part in rows.split([len(shots[label]) for label in names])])
         return nearest(queries, centroids, names)
 
 
@@ -151,7 +153,6 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     test = test_records(cfg, prepared)
     renderer = Renderer(tokenizer, cfg)
     systems = Systems(test)
-    subset = baseline_subset(cfg, test, closed=True)
     everything = list(range(len(test)))
 
     model = load_trained(cfg.model, rd.best, cfg.task, labels, method=cfg.method)
@@ -164,9 +165,16 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     if e.baselines and is_decoder(cfg.model):
         notes = PROMPTED_NOTES
         gen, prompts = prompting(cfg, tokenizer, prepared, test, prec)
-        prompted_baselines(cfg, systems, gen, prompts, load_model(cfg.model, "sft"), subset)
+        base = load_model(cfg.model, "sft")
+        # Decoding a long prompt with the whole base model: its cost is measured, not inferred from the head's.
+        subset = baseline_subset(cfg, test, True, prompted_cost(cfg, test, gen, prompts, base), rd)
+        prompted_baselines(cfg, systems, gen, prompts, base, subset)
     elif e.baselines:
+        # One base-model forward per test example (shared by both baselines), as costly as the head's.
+        subset = baseline_subset(cfg, test, True, systems.seconds["finetuned"] / max(len(test), 1), rd)
         run_baselines(cfg, systems, tokenizer, prec, prepared.splits["train"], labels, subset)
+    else:
+        subset = baseline_subset(cfg, test, True, 0.0, rd)
     results = score(cfg, test, systems, subset, closed=True)
     for name, note in notes.items():
         if name in results:

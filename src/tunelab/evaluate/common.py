@@ -1,9 +1,10 @@
 """What every evaluator shares: which test examples are scored, the systems' predictions, scoring with
 intervals and paired tests, predictions.jsonl, the untuned base model, and the forgetting gate.
 
-Baselines may run on a fixed, seeded, stratified subset of the test set (`eval.baseline_per_class`);
-the fine-tuned model is then reported on that subset (the like-for-like comparison, `finetuned`) and
-on the whole test set (`finetuned_full_test`).
+Baselines may run on a seeded, stratified subset of the test set, sized to decide within a time budget
+(`sizing.py`: eval.baseline_ci_width, eval.baseline_budget_s, or a fixed eval.baseline_per_class); the
+fine-tuned model is then reported on that subset (the like-for-like comparison, `finetuned`) and on the
+whole test set (`finetuned_full_test`).
 """
 
 from __future__ import annotations
@@ -35,18 +36,6 @@ def seeded_sample(n: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), k)) if k < n else list(range(n))
 
 
-def stratified_subset(records: list[dict], per_class: int, seed: int) -> list[int]:
-    """Indices of at most `per_class` records per output value, drawn with a fixed seed, in file order."""
-    by_label: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        by_label.setdefault(str(r.get("output")), []).append(i)
-    rng = random.Random(seed)
-    keep = []
-    for idx in by_label.values():
-        keep += idx if len(idx) <= per_class else rng.sample(idx, per_class)
-    return sorted(keep)
-
-
 def test_records(cfg: Config, prepared) -> list[dict]:
     """The test examples to score: the test split, or a seeded sample of `eval.max_test` of them."""
     test = prepared.splits["test"]
@@ -55,11 +44,22 @@ def test_records(cfg: Config, prepared) -> list[dict]:
     return test
 
 
-def baseline_subset(cfg: Config, test: list[dict], closed: bool) -> list[int]:
-    """Indices of the test examples the baselines see: `eval.baseline_per_class` per label, or all."""
-    if cfg.eval.baseline_per_class and closed:
-        return stratified_subset(test, cfg.eval.baseline_per_class, cfg.train.seed)
-    return list(range(len(test)))
+def baseline_subset(cfg: Config, test: list[dict], closed: bool, seconds_per_example: float | None = None,
+                    rd: RunDir | None = None) -> list[int]:
+    """Indices of the test examples the baselines see (`sizing.size_baselines`); the decision is logged
+    and, given `rd`, recorded in metrics.json `baseline_sizing`.
+
+    Args:
+        seconds_per_example: estimated seconds per test example for all baselines together.
+    """
+    from tunelab.evaluate.sizing import size_baselines
+
+    e = cfg.eval
+    sizing = size_baselines([str(r.get("output")) for r in test], closed, cfg.train.seed, e.baseline_per_class,
+                            e.baseline_ci_width, e.baseline_budget_s, seconds_per_example)
+    if rd is not None:
+        rd.set_metrics("baseline_sizing", sizing.describe())
+    return sizing.indices
 
 
 @contextmanager

@@ -88,6 +88,31 @@ def prompted_baselines(cfg: Config, systems: Systems, gen: Generator, prompts: P
                                                          desc=name.replace("_", "-")))
 
 
+def baseline_cost(cfg: Config, test: list[dict], prompts: PromptBuilder, finetuned_seconds: float) -> float:
+    """Estimated seconds per test example for all baselines together: the fine-tuned model's measured
+    time per example, scaled by each baseline's prompt length over the fine-tuned prompt's (a fixed
+    seeded sample of 32 test examples; decoding cost grows with the prompt)."""
+    sample = [test[i] for i in seeded_sample(len(test), min(32, len(test)), cfg.train.seed)]
+    own = sum(len(prompts.finetuned(r)) for r in sample)
+    per_example = finetuned_seconds / max(len(test), 1)
+    return sum(per_example * sum(len(getattr(prompts, b)(r)) for r in sample) / max(own, 1)
+               for b in cfg.eval.baselines)
+
+
+def prompted_cost(cfg: Config, test: list[dict], gen: Generator, prompts: PromptBuilder, base) -> float:
+    """Measured seconds per test example for all prompted baselines together: each one timed on one
+    batch of a fixed seeded sample (for a base model whose cost the fine-tuned model's time does not
+    predict, e.g. a classification head on a few of its layers)."""
+    sample = [test[i] for i in seeded_sample(len(test), min(len(test), cfg.eval.batch_size), cfg.train.seed)]
+    total = 0.0
+    for name in cfg.eval.baselines:
+        build = getattr(prompts, name)
+        start = time.time()
+        gen.predict(base, [build(r) for r in sample], desc=f"timing {name.replace('_', '-')}")
+        total += (time.time() - start) / max(len(sample), 1)
+    return total
+
+
 def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     """Decode the test set with each system, score it, write predictions.jsonl and metrics.json `test`.
 
@@ -101,11 +126,12 @@ def evaluate(cfg: Config, rd: RunDir, prepared, tokenizer) -> dict:
     model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method)
     test = budget_subset(cfg, rd, test, gen, model, prompts.finetuned)
     systems = Systems(test)
-    subset = baseline_subset(cfg, test, closed)
     everything = list(range(len(test)))
 
     systems.record("finetuned", everything, lambda: gen.predict(
         model, [prompts.finetuned(r) for r in test], desc="fine-tuned"))
+    cost = baseline_cost(cfg, test, prompts, systems.seconds["finetuned"])
+    subset = baseline_subset(cfg, test, closed, cost, rd)
     with base_model_of(cfg, model, labels) as base:
         prompted_baselines(cfg, systems, gen, prompts, base, subset)
     results = score(cfg, test, systems, subset, closed)
