@@ -2,21 +2,25 @@
 
 The model: a Banking77 LoRA run of the embedded SmolLM2-135M-Instruct (a short training: the speed of
 serving does not depend on how well it was trained), merged by `tunelab export`. Both servers load that
-export folder; each runs alone (one after the other) on this machine, as a real subprocess on a loopback
-port, and is driven by the same closed-loop clients (a thread per concurrent client) with the Banking77
-test queries. Both see the same prompt: the run's template filled with the query, as the user turn of
-the model's chat template. tunelab answers as the run was evaluated (one label, decoded under the label
-trie, so it may stop before max_tokens); the peer generates freely up to max_tokens: the mean completion
-tokens of each side are reported beside the ratios.
+export folder and run at once on this machine, each a real subprocess on a loopback port; at each
+concurrency level one is driven, then the other (so both see the machine's load of that minute; at
+concurrency 1 they take turns query by query), by the same closed-loop clients (a thread per concurrent
+client) with the Banking77 test queries. Both see the same prompt: the run's template filled with the
+query, as the user turn of the model's chat template. tunelab answers as the run was evaluated (one
+label, decoded under the label trie, so it may stop before max_tokens); the peer generates freely up to
+max_tokens: each side's mean completion tokens are reported beside the ratios.
 
     python benchmarks/serve_throughput.py --requests 64 --max-tokens 16 --json serve.json
+    python benchmarks/serve_throughput.py --from runs/banking77-lora     # serve an existing run or export
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,19 +37,27 @@ CONFIG = ROOT / "examples" / "banking77" / "config.yaml"
 TEST = ROOT / "examples" / "banking77" / "test.csv"
 
 
-def build_export(work: Path) -> Path:
-    """A complete short Banking77 run and its merged export (reused when present)."""
+def build_export(work: Path, source: Path | None, steps: int) -> Path:
+    """The merged export both servers load: `source` when it is an export folder, its export when it is a
+    complete run folder, else a tiny Banking77 run of `steps` steps (the speed of serving does not depend
+    on how well the model was trained) exported into `work`. An export already in `work` is reused."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.export import stage as export
+    from tunelab.export.bundle import is_export
+
+    if source is not None and is_export(source):
+        return source
     out = work / "export"
     if (out / "model.safetensors").is_file():
         return out
-    import tunelab
-    from tunelab.core.rundir import RunDir
-    from tunelab.export import stage as export
+    if source is None:
+        import tunelab
 
-    rd = tunelab.run(CONFIG, [f"runs_dir={work / 'runs'}", "name=serve-bench", "data.train_limit=308",
-                              "train.max_steps=4", "eval.baselines=[]", "eval.max_test=16", "eval.forgetting=false"],
-                     overwrite=True)
-    rd = RunDir.open(rd.path)
+        overrides = [f"runs_dir={work / 'runs'}", "name=serve-bench", "data.train_limit=308",
+                     f"train.max_steps={steps}", "train.batch_size=4", "train.threads=1", "train.eval_examples=8",
+                     "eval.baselines=[]", "eval.max_test=16", "eval.forgetting=false"]
+        source = tunelab.run(CONFIG, overrides, overwrite=True).path
+    rd = RunDir.open(source)
     return export.run(rd.config(), rd, out)
 
 
@@ -72,8 +84,8 @@ class Side:
         self.headers = headers or {}
         self.url = f"http://127.0.0.1:{port}"
 
-    def start(self, log: Path) -> subprocess.Popen:
-        proc = subprocess.Popen(self.cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    def start(self, log: Path, env: dict) -> subprocess.Popen:
+        proc = subprocess.Popen(self.cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 600
         while time.time() < deadline:
             if proc.poll() is not None:
@@ -115,10 +127,50 @@ def drive(side: Side, qs: list, concurrency: int, max_tokens: int) -> dict:
     with ThreadPoolExecutor(concurrency) as pool:
         for f in [pool.submit(client) for _ in range(concurrency)]:
             f.result()
-    wall = time.perf_counter() - start
+    return summary(latencies, tokens, errors, time.perf_counter() - start)
+
+
+def lockstep(sides: list[Side], qs: list, max_tokens: int) -> dict[str, dict]:
+    """Concurrency 1 with the sides taking turns query by query (who goes first alternating), so a burst
+    of load from other processes falls on both alike; a side's wall time is the sum of its latencies."""
+    seen = {s.name: ([], [], 0) for s in sides}
+    clients = {s.name: httpx.Client(base_url=s.url, timeout=300, headers=s.headers) for s in sides}
+    try:
+        for i, q in enumerate(qs):
+            for side in sides if i % 2 == 0 else sides[::-1]:
+                latencies, tokens, errors = seen[side.name]
+                t = time.perf_counter()
+                r = clients[side.name].post("/v1/chat/completions", json=side.body(q, max_tokens))
+                latencies.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    seen[side.name] = (latencies, tokens, errors + 1)
+                    continue
+                tokens.append(r.json().get("usage", {}).get("completion_tokens", 0))
+    finally:
+        for c in clients.values():
+            c.close()
+    return {name: summary(lat, tok, err, sum(lat)) for name, (lat, tok, err) in seen.items()}
+
+
+def summary(latencies: list[float], tokens: list[int], errors: int, wall: float) -> dict:
     lat = sorted(latencies)
-    return {"rps": len(qs) / wall, "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))],
+    return {"rps": len(lat) / wall, "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))],
             "tokens": statistics.mean(tokens) if tokens else 0.0, "errors": errors}
+
+
+def measure(sides: list[Side], qs: list, levels: list[int], max_tokens: int) -> dict[str, dict]:
+    """Each concurrency level on each side in turn (at 1, query by query), the load average beside each."""
+    results = {}
+    for c in levels:
+        before = load_avg()
+        paired = lockstep(sides, qs, max_tokens) if c == 1 else {}
+        for side in sides:
+            before = before if c == 1 else load_avg()
+            results[f"{side.name}_c{c}"] = r = paired.get(side.name) or drive(side, qs, c, max_tokens)
+            print(f"{side.name:>12} c={c:<3} {r['rps']:7.2f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
+                  f"p95 {r['p95'] * 1000:7.0f} ms  mean completion tokens {r['tokens']:.1f}  errors {r['errors']}  "
+                  f"load {before} -> {load_avg()}", flush=True)
+    return results
 
 
 def main() -> None:
@@ -127,11 +179,18 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "bench-serve")
+    ap.add_argument("--from", dest="source", type=Path, default=None,
+                    help="a complete run folder or an export folder to serve (default: train a tiny run)")
+    ap.add_argument("--steps", type=int, default=2, help="training steps of the tiny run made without --from")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="OMP_NUM_THREADS of both servers (default: torch's, all cores)")
+    ap.add_argument("--peer-arg", action="append", default=[],
+                    help="extra `transformers serve` option, repeatable (e.g. --peer-arg=--continuous-batching)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
-    export = build_export(args.work).resolve()
+    export = build_export(args.work, args.source, args.steps).resolve()
 
     from tunelab.export.bundle import read_export
     info = read_export(export)
@@ -141,26 +200,31 @@ def main() -> None:
                          capture_output=True, text=True, check=True).stdout.strip()
     bin_dir = Path(sys.executable).parent
     peer_cmd = shutil.which("transformers", path=str(bin_dir)) or "transformers"
+    # tunelab sets OMP_WAIT_POLICY=PASSIVE on import (spinning OpenMP threads on a shared CPU cost a
+    # process several times its speed); the peer gets the same, so neither is slowed by the other's spin.
+    env = {**os.environ, "TUNELAB_PROGRESS": "0", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     p1, p2 = free_port(), free_port()
     sides = [
         Side("tunelab", [sys.executable, "-m", "tunelab.cli", "serve", str(export), "--port", str(p1), "--keys-file",
                          str(keys)], p1, info["name"], templated=True, headers={"Authorization": f"Bearer {key}"}),
         Side("transformers", [peer_cmd, "serve", str(export), "--host", "127.0.0.1", "--port", str(p2),
-                              "--device", "cpu"], p2, str(export), templated=False),
+                              "--device", "cpu", *args.peer_arg], p2, str(export), templated=False),
     ]
-    results: dict[str, dict] = {}
-    for side in sides:
-        proc = side.start(args.work / f"{side.name}.log")
-        try:
+    procs = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # stop both servers on `kill` too
+    try:
+        for side in sides:   # both up at once, idle while the other is driven: each level sees the same load
+            procs.append(side.start(args.work / f"{side.name}.log", env))
             drive(side, qs[:4], 1, args.max_tokens)   # warm-up: first-call allocations, lazy imports
-            for c in levels:
-                results[f"{side.name}_c{c}"] = r = drive(side, qs, c, args.max_tokens)
-                print(f"{side.name:>12} c={c:<3} {r['rps']:7.2f} req/s  p50 {r['p50'] * 1000:7.0f} ms  "
-                      f"p95 {r['p95'] * 1000:7.0f} ms  mean completion tokens {r['tokens']:.1f}  errors {r['errors']}")
-        finally:
+        results = measure(sides, qs, levels, args.max_tokens)
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=60)
-    flat = {"requests": args.requests, "max_tokens": args.max_tokens, "loadavg_end": load_avg()}
+    flat = {"requests": args.requests, "max_tokens": args.max_tokens, "threads": args.threads or "all",
+            "peer_args": " ".join(args.peer_arg), "loadavg_end": load_avg()}
     for c in levels:
         t, p = results[f"tunelab_c{c}"], results[f"transformers_c{c}"]
         flat[f"serve_ratio_c{c}"] = round(t["rps"] / p["rps"], 3)

@@ -70,4 +70,4 @@ def test_request_log_lines_follow_the_contract(server):
     anonymous = [l for l in lines if l["route"] == "/v1/models" and l["status"] == 401]
     assert anonymous and anonymous[-1]["key_id"] is None and anonymous[-1]["error_type"] == "invalid_api_key"
     text = server.request_log.read_text()
-    assert server.key not in text and server.key.split("_")[2] not in text and secret_mail not in text
+    assert server.key not in text and server.key.split("_", 2)[2] not in text and secret_mail not in text

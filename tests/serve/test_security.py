@@ -96,8 +96,8 @@ def test_revoked_key_stops_working_without_a_restart(server, keys):
     assert httpx.get(server.url + "/v1/models", headers=auth, timeout=30).status_code == 401
     listed = subprocess.run([sys.executable, "-m", "tunelab.cli", "keys", "list", "--keys-file", str(keys["file"])],
                             check=True, capture_output=True, text=True, timeout=120).stdout
-    assert key_id in listed and "revoked" in listed and key.split("_")[2] not in listed
-    assert key.split("_")[2] not in keys["file"].read_text()   # only salted hashes are stored
+    assert key_id in listed and "revoked" in listed and key.split("_", 2)[2] not in listed
+    assert key.split("_", 2)[2] not in keys["file"].read_text()   # only salted hashes are stored
 
 
 def test_rate_limit_and_metrics_scrape_token(served_runs, keys, tmp_path):

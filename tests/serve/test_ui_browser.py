@@ -1,16 +1,18 @@
 """The web interface in real headless Chromium (Debian's `chromium`, driven by Playwright): sign in with a
 key, chat, classify, read a model card, sign out; pages unreachable without a session. Screenshots go to
-build/screenshots/serve/. Under CI=true a missing browser fails the test instead of skipping it."""
+$TUNELAB_SCREENSHOTS (default build/screenshots/serve/). Under CI=true a missing browser fails the test
+instead of skipping it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from apps import chromium
 
-SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots" / "serve"
+SHOTS = Path(os.environ.get("TUNELAB_SCREENSHOTS") or Path(__file__).resolve().parents[2] / "build/screenshots/serve")
 
 
 @pytest.fixture(scope="module")
