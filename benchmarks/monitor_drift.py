@@ -129,6 +129,7 @@ def run(trials: Trials, scenarios: tuple[str, ...], seeds: range, stream: bool =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--encoder", default="minilm-l6")
     ap.add_argument("--pool", type=int, default=2500, help="Banking77 queries shuffled per trial")
     ap.add_argument("--train", type=int, default=1500, help="of the pool, the training part (the rest: windows)")
@@ -140,10 +141,12 @@ def main() -> None:
     cfg = MonitorConfig(encoder=args.encoder)
     trials = Trials(banking77(args.pool), dialogues(), args.train, cfg, Encoder(args.encoder, cfg.max_length, 128))
     start = time.perf_counter()
-    result = run(trials, tuple(args.scenarios.split(",")), range(args.seeds), stream=True)
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    result = run(trials, tuple(args.scenarios.split(",")), seeds, stream=True)
     seconds = time.perf_counter() - start
     print(f"encoder {args.encoder}, window {cfg.window} (step {cfg.step}), alpha {cfg.alpha}, reference "
-          f"{cfg.reference_size} of {args.train} training queries, {args.seeds} seeded trials per scenario, each a "
+          f"{cfg.reference_size} of {args.train} training queries, {args.seeds} seeded trials per scenario "
+          f"(seeds {args.first_seed}..{args.first_seed + args.seeds - 1}), each a "
           f"stream of {cfg.window + cfg.step * (cfg.consecutive - 1)} requests ({seconds:.0f} s)")
     for scenario, r in result.items():
         per = ", ".join(f"{k} {v:.0%}" for k, v in r["checks"].items())
@@ -154,8 +157,9 @@ def main() -> None:
         flat = {f"{s}_rate": r["rate"] for s, r in result.items()}
         flat.update({f"{s}_alarm_rate": r["alarm_rate"] for s, r in result.items()})
         flat.update({f"{s}_{k}": v for s, r in result.items() for k, v in r["checks"].items()})
-        Path(args.json_path).write_text(json.dumps({**flat, "seeds": args.seeds, "encoder": args.encoder,
-                                                    "window": cfg.window, "seconds": round(seconds, 1)}))
+        Path(args.json_path).write_text(json.dumps({**flat, "seeds": args.seeds, "first_seed": args.first_seed,
+                                                    "encoder": args.encoder, "window": cfg.window,
+                                                    "seconds": round(seconds, 1)}))
 
 
 if __name__ == "__main__":

@@ -5,17 +5,18 @@
 Everything goes through the `tunelab` command line and a real `tunelab serve` on 127.0.0.1, on the
 embedded all-MiniLM-L6-v2 (the served classifier and the drift encoder):
 
-1. data: 57 of the 77 intents are "seen" (the other 20, drawn with seed 0, are never trained on); the
-   champion trains on 40 training queries per seen intent and is tested on test.csv's seen intents;
-   the remaining training queries of all 77 intents are production traffic;
+1. data: 14 intents (of those with at least 120 training queries) are drawn with seed 0; 10 are "seen",
+   4 are never trained on. The champion trains on 30 training queries per seen intent and is tested on
+   test.csv's seen intents; the remaining training queries of the 14 intents are production traffic
+   (small enough to run in a few minutes on 2 CPU cores);
 2. `tunelab run` trains the champion (MiniLM frozen, a classification head);
-3. `tunelab serve --log-prompts --monitor` serves it; 2,400 requests arrive: the first 400 from seen
+3. `tunelab serve --log-prompts --monitor` serves it; 900 requests arrive: the first 200 from seen
    intents only, then the share of unseen intents rises linearly to 50% at the last request;
 4. `tunelab monitor --feedback` (every 4th request labelled by a person, simulated with the true label)
    flags the drift and the quality decline and recommends retraining, with the inputs to label;
 5. `tunelab retrain --data` on the labelled feedback and candidates: the challenger is compared with the
    champion on both test sets and promoted; the running server switches to it;
-6. accuracy of the served answers on 400 fresh queries at the final traffic mix, before and after;
+6. accuracy of the served answers on 200 fresh queries at the final traffic mix, before and after;
 7. a screenshot of monitor/report.html from headless Chromium.
 
 The figures land in WORK/results.json and are printed; docs/monitoring.md quotes a run of this script.
@@ -42,14 +43,14 @@ from tunelab.core.rundir import RunDir
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent
-UNSEEN, PER_INTENT, SEED = 20, 40, 0
-WARMUP, REQUESTS, FINAL_SHARE, EVAL = 400, 2400, 0.5, 400
+INTENTS, UNSEEN, MIN_QUERIES, PER_INTENT, SEED = 14, 4, 120, 30, 0
+WARMUP, REQUESTS, FINAL_SHARE, EVAL = 200, 900, 0.5, 200
 CHAMPION = {
     "name": "bank-seen", "task": "classification",
     "data": {"train": "data/train_seen.csv", "test": "data/test_seen.csv", "input_columns": ["text"],
              "output_column": "category", "leakage": "drop", "max_length": 64},
     "model": {"name": "minilm-l6"}, "method": {"name": "freeze", "trainable_layers": 0},
-    "train": {"lr": 5.0e-3, "epochs": 4, "batch_size": 32, "eval_every": 50, "patience": 3, "precision": "fp32"},
+    "train": {"lr": 5.0e-3, "epochs": 8, "batch_size": 32, "eval_every": 25, "patience": 3, "precision": "fp32"},
     "eval": {"baselines": [], "batch_size": 64},
     "monitor": {"window": 200, "step": 100},
 }
@@ -83,14 +84,14 @@ def make_data(work: Path) -> tuple[list, list, set]:
     """Champion data on disk; returns the traffic stream, the evaluation queries and the unseen intents."""
     rng = random.Random(SEED)
     train, test = read("train.csv"), read("test.csv")
-    intents = sorted({l for _, l in train})
-    unseen = set(rng.sample(intents, UNSEEN))
     by_intent: dict[str, list[str]] = {}
     for t, l in train:
         by_intent.setdefault(l, []).append(t)
+    intents = sorted(rng.sample(sorted(l for l, ts in by_intent.items() if len(ts) >= MIN_QUERIES), INTENTS))
+    unseen = set(rng.sample(intents, UNSEEN))
     champion = [(t, l) for l in intents if l not in unseen for t in by_intent[l][:PER_INTENT]]
     write(work / "data" / "train_seen.csv", champion)
-    write(work / "data" / "test_seen.csv", [(t, l) for t, l in test if l not in unseen])
+    write(work / "data" / "test_seen.csv", [(t, l) for t, l in test if l in intents and l not in unseen])
     seen_pool = [(t, l) for l in intents if l not in unseen for t in by_intent[l][PER_INTENT:]]
     unseen_pool = [(t, l) for l in sorted(unseen) for t in by_intent[l]]
     rng.shuffle(seen_pool)
@@ -165,6 +166,7 @@ def main() -> None:
     run = work / "runs" / CHAMPION["name"]
     if RunDir(run).state() != "complete":
         tunelab("run", "champion.yaml", "--overwrite", work=work)
+    fresh_start(work, run)
     proc, client = serve(work, run)
     try:
         results = loop(work, run, client, stream, evaluation, unseen)
@@ -173,6 +175,16 @@ def main() -> None:
         proc.wait(timeout=30)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
+
+
+def fresh_start(work: Path, run: Path) -> None:
+    """A second run of the script reuses the trained champion but not the traffic, monitoring or retraining
+    of the first one (the server would append to the old request log and serve a promoted challenger)."""
+    rd = RunDir(run)
+    for path in [*work.glob("requests.jsonl*"), rd.promoted_path, rd.retrain_recommendation]:
+        path.unlink(missing_ok=True)
+    for path in [rd.monitor_dir, *(work / "runs").glob(f"{run.name}-retrain-*")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def loop(work: Path, run: Path, client: httpx.Client, stream: list, evaluation: list, unseen: set) -> dict:
@@ -185,9 +197,9 @@ def loop(work: Path, run: Path, client: httpx.Client, stream: list, evaluation: 
     figures["accuracy_at_final_mix_before"] = round(accuracy(classify(client, model, [t for t, _ in evaluation]),
                                                              evaluation), 4)
     figures["live_gauge"] = [l for l in client.get("/metrics").text.splitlines() if l.startswith("tunelab_monitor_drift")]
-    truth, labelled = label(work, stream)
+    truth, labelled = label(work, stream, evaluation)
     figures.update(monitor(work, run))
-    relabel(work, run, truth, labelled)
+    relabel(work, run, truth, labelled, stream)
     tunelab("retrain", str(run), "--data", "labelled.csv", work=work)
     challenger = json.loads(RunDir(work / "runs" / f"{model}-retrain-1").retrain_json.read_text())
     figures["retrain"] = challenger["decision"]
@@ -205,12 +217,13 @@ def loop(work: Path, run: Path, client: httpx.Client, stream: list, evaluation: 
     return figures
 
 
-def label(work: Path, stream: list) -> tuple[dict, list]:
-    """A person labels every 4th logged request (simulated with the true intent), keeping its request id."""
+def label(work: Path, stream: list, evaluation: list) -> tuple[dict, list]:
+    """A person labels every 4th logged request of the traffic stream (simulated with the true intent),
+    keeping its request id; returns the true intent of every logged request and the labelled ones."""
     log = [json.loads(l) for l in (work / "requests.jsonl").read_text().splitlines()]
-    mine = [r for r in log if r["route"] == "/v1/classifications"][: len(stream)]
-    truth = {r["request_id"]: l for r, (_, l) in zip(mine, stream)}
-    labelled = mine[::4]
+    mine = [r for r in log if r["route"] == "/v1/classifications"]
+    truth = {r["request_id"]: l for r, (_, l) in zip(mine, stream + evaluation)}
+    labelled = mine[: len(stream)][::4]
     write(work / "feedback.csv", [(r["input"], truth[r["request_id"]]) for r in labelled],
           {"request_id": [r["request_id"] for r in labelled]})
     return truth, labelled
@@ -238,12 +251,13 @@ def _test_accuracy(run: Path) -> float | None:
     return (test.get("finetuned_full_test") or test.get("finetuned") or {}).get("accuracy")
 
 
-def relabel(work: Path, run: Path, truth: dict, labelled: list) -> None:
-    """New training data: the labelled feedback plus the drifted inputs the monitor asked to label."""
+def relabel(work: Path, run: Path, truth: dict, labelled: list, stream: list) -> None:
+    """New training data: the labelled feedback plus the drifted inputs the monitor asked to label, from the
+    traffic stream only (the evaluation queries, also logged, stay unseen by the challenger)."""
     candidates = [json.loads(l) for l in RunDir(run).monitor_candidates.read_text().splitlines()]
-    done = {r["request_id"] for r in labelled}
+    todo = set(list(truth)[: len(stream)]) - {r["request_id"] for r in labelled}   # truth: in request order
     rows = [(r["input"], r["request_id"]) for r in labelled] + [(c["input"], c["request_id"]) for c in candidates
-                                                                 if c["request_id"] not in done]
+                                                                 if c["request_id"] in todo]
     write(work / "labelled.csv", [(t, truth[rid]) for t, rid in rows], {"request_id": [rid for _, rid in rows]})
 
 
