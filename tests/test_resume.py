@@ -36,8 +36,13 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     # min_delta: only the first validation counts as an improvement, so the early-stopping counter is 1
     # at checkpoint-10 and reaches patience (3) exactly at step 20 only when it is restored on resume.
-    tiny_project(root, "ref", train={"max_steps": STEPS, "eval_every": 5, "save_every": 5, "keep_checkpoints": 3,
-                                     "patience": 3, "min_delta": 10.0})
+    # batch_size 3: an epoch is 7 steps, so checkpoint-10 lies inside the second epoch and a resume that
+    # restarted the data position would train on other batches; LoRA dropout draws from the RNG every
+    # step, so a resume that did not restore the RNG states would draw other masks. (With batch_size 4 an
+    # epoch is 5 steps and dropout 0: neither mistake changed a number.)
+    tiny_project(root, "ref", method={"dropout": 0.1},
+                 train={"max_steps": STEPS, "batch_size": 3, "eval_every": 5, "save_every": 5, "keep_checkpoints": 3,
+                        "patience": 3, "min_delta": 10.0})
     return root
 
 
