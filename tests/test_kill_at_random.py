@@ -115,6 +115,8 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
     while proc.poll() is None and time.time() - appeared < at:
         time.sleep(0.005)
     if proc.poll() is not None:
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out   # a run that failed must not pass for one that finished first
         return {"name": name, "at": at, "finished_first": True, "lasted": time.time() - appeared}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -129,6 +131,7 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
         row.update(state=rd.state(), stage=st.get("stage") or "-", step=max(steps, default=0),
                    checkpoints=f"{len(complete)}+{len(rd.checkpoint_folders()) - len(complete)}")
         if row["state"] == "complete":   # the kill came after the last write: nothing was interrupted
+            assert rd.stage_state("report") == "complete", st   # a kill between two stages reads `interrupted`
             return {**row, "finished_first": True, "lasted": at}
         row["export"] = CliRunner().invoke(app, ["export", str(rd.path)]).exit_code
         trained = rd.stage_state("train") == "complete"

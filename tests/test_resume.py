@@ -203,3 +203,30 @@ def test_each_method_resumes_to_the_same_weights(project, tmp_path, task, method
         a, b = load_file(runs["whole"].last / f), load_file(runs["cut"].last / f)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert losses(runs["cut"]) == losses(runs["whole"])
+
+
+BETWEEN_STAGES = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from tunelab.core.rundir import RunDir
+
+    rd = RunDir(Path(sys.argv[1]))
+    rd.path.mkdir()
+    rd.set_goal(sys.argv[2])   # what `tunelab run` (report) or `tunelab prepare` (prepare) records
+    with rd.stage("prepare"):
+        pass
+    print(rd.state(), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # between prepare and train
+""")
+
+
+@pytest.mark.parametrize("goal,after_kill", [("report", "interrupted"), ("prepare", "complete")])
+def test_a_kill_between_stages_never_leaves_a_complete_run(tmp_path, goal, after_kill):
+    """A `tunelab run` killed after prepare completed, before train started, read `complete` (stage prepare)."""
+    done = subprocess.run([sys.executable, "-c", BETWEEN_STAGES, str(tmp_path / "run"), goal],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert done.stdout.split() == ["running" if goal == "report" else "complete"]   # while the process lived
+    rd = RunDir(tmp_path / "run")
+    assert rd.state() == after_kill and rd.status()["stage"] == "prepare"
+    assert rd.stage_state("prepare") == "complete"

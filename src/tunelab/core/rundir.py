@@ -486,6 +486,21 @@ class RunDir:
         entry.update(status="complete", finished=_now(), wrote=self._present(name))
         self._record(name, entry)
 
+    def set_goal(self, stage: str, keep_later: bool = False) -> None:
+        """Record the last lifecycle stage the command now working on this run will do: until that stage
+        completes, a completed earlier one leaves the run `running` (read as `interrupted` once the process
+        is gone), so a kill between two stages never leaves a `complete` run. `keep_later`: keep a later
+        goal already recorded (a training process launched by a `tunelab run`, which goes on to evaluate)."""
+        if not is_main_process():
+            return
+        check_writable(self.path)
+        st = self.status()
+        old = st.get("goal")
+        if keep_later and old in LIFECYCLE and LIFECYCLE.index(old) > LIFECYCLE.index(stage):
+            return
+        st["goal"] = stage
+        self._write_status(st)
+
     def fail_stage(self, name: str, message: str) -> None:
         """Record the running stage `name` as failed with `message` from outside its `stage()` block
         (the stall watchdog, about to end a process whose main thread is stuck)."""
@@ -498,7 +513,10 @@ class RunDir:
         st = self.status()
         st.setdefault("stages", {})[name] = entry
         if name in LIFECYCLE:
-            st.update(status=entry["status"], stage=name, error=entry.get("error"))
+            status, goal = entry["status"], st.get("goal")
+            if status == "complete" and goal in LIFECYCLE and LIFECYCLE.index(name) < LIFECYCLE.index(goal):
+                status = "running"   # the command goes on to its goal (see set_goal)
+            st.update(status=status, stage=name, error=entry.get("error"))
             if running:
                 st.update(pid=os.getpid(), host=socket.gethostname())
         self._write_status(st)
