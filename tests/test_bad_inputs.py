@@ -282,10 +282,13 @@ CASES = [
     # 2. a second run never replaces the first silently; derived files never outlive their model
     Case("same_name_refused", _same_name, 2,
          ["already holds a run (complete", "add --overwrite to replace it, --resume to continue it"]),
-    Case("train_overwrite_drops_old_report", _train_overwrite, 0, ["trained"], after=_check_overwritten),
-    Case("rerun_drops_old_export", _rerun_with_export, 0, ["trained"], after=_check_export_gone),
+    Case("train_overwrite_drops_old_report", _train_overwrite, 0,
+         ["--overwrite: removing the earlier run in", "trained"], after=_check_overwritten),
+    Case("rerun_drops_old_export", _rerun_with_export, 0, ["--overwrite: removing the earlier run in", "trained"],
+         after=_check_export_gone),
     Case("prepare_keeps_trained_config", _prepare_trained, 2, ["already holds a run"], after=_check_config_unchanged),
-    Case("eval_other_data_replaces_results", _eval_other_data, 0, ["fine-tuned, full test set"],
+    Case("eval_other_data_replaces_results", _eval_other_data, 0,
+         ["removed the earlier", "export/", "fine-tuned, full test set"],
          after=_check_eval_other_data),
     # 3. an interrupted run is never used as if it were whole
     Case("eval_after_kill", lambda c: ["eval", _killed_during_training(c).path], 2,

@@ -26,6 +26,7 @@ run names.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ from tunelab.core.ranks import is_main_process
 # Re-exported: stages import the crash-safe writers from here with the paths they write.
 from tunelab.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable,  # noqa: F401
                                 read_json, read_jsonl, remove_tree, sweep, write_jsonl)
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 STAGES = ("prepare", "train", "evaluate", "report", "export", "monitor")
@@ -342,6 +345,8 @@ class RunDir:
                 if not rd.is_run():
                     raise RunDirError(f"{rd.path} exists and is not a tunelab run folder: refusing to delete it "
                                       "(choose another name= or runs_dir=)")
+                log.info(f"--overwrite: removing the earlier run in {rd.path} ({rd.state()}, stage "
+                         f"{rd.status().get('stage') or 'none'})")
                 remove_tree(rd.path)
             elif not rd.is_run():
                 raise RunDirError(f"{rd.path} exists and is not a tunelab run folder; choose another name= or runs_dir=")
@@ -452,6 +457,8 @@ class RunDir:
         if gone:
             atomic_write_json(self.metrics_json, {k: v for k, v in doc.items() if k not in gone})
             removed += [f"metrics.json:{s}" for s in gone]
+        if removed:   # said, so a user who finds them gone knows why (never left beside a newer result)
+            log.info(f"removed the earlier {', '.join(removed)} of {self.name}")
         st = self.status()
         if any(s in st.get("stages", {}) for s in stages):
             st["stages"] = {k: v for k, v in st["stages"].items() if k not in stages}
