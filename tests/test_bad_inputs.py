@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,14 +25,15 @@ from typing import Callable
 
 import pytest
 import yaml
-from typer.testing import CliRunner
+from transformers import AutoTokenizer
+from typer.testing import CliRunner, Result
 
 from data.conftest import make_pdf
 from test_pipeline import INTENTS, tiny_project
 from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.core.log import rate
-from tunelab.core.rundir import RunDir
+from tunelab.core.rundir import RunDir, is_complete_model
 from tunelab.data import prepare
 from tunelab.data.problems import DataError
 from tunelab.models import load_tokenizer
@@ -145,7 +147,24 @@ def _check_eval_other_data(ctx: Ctx, out: str) -> None:
 def _check_overwritten(ctx: Ctx, out: str) -> None:
     rd = RunDir(ctx.folder / "runs" / "copy")
     assert not rd.report_html.exists() and not rd.predictions_path.exists() and "test" not in rd.metrics()
+    assert not rd.loss_plot.exists() or rd.loss_plot.stat().st_mtime >= rd.config_path.stat().st_mtime
     assert rd.state() == "complete" and rd.stage_state("evaluate") is None
+    for part in (rd.best, rd.last):   # whole model folders: tokenizer files beside the weights, and they load
+        assert is_complete_model(part) and (part / "tokenizer.json").is_file(), sorted(p.name for p in part.iterdir())
+        assert AutoTokenizer.from_pretrained(part)("card").input_ids
+
+
+def _check_export_gone(ctx: Ctx, out: str) -> None:
+    rd = RunDir(ctx.folder / "runs" / "copy")
+    assert not rd.export_dir.exists(), "the export of the replaced model was left beside the new one"
+    assert rd.state() == "complete" and is_complete_model(rd.best)
+
+
+def _check_dropped_list(ctx: Ctx, out: str) -> None:
+    rd = RunDir(ctx.folder / "runs" / "x")
+    rows = rd.data.dropped()
+    assert sorted(r["reason"] for r in rows) == ["empty_text", "exact_duplicate", "exact_duplicate"], rows
+    assert str(rd.data.dropped_path) in out
 
 
 # Builders of the cases that need more than a config: each makes its inputs and returns the CLI arguments.
@@ -157,6 +176,12 @@ def _same_name(c: Ctx) -> list:
 
 def _train_overwrite(c: Ctx) -> list:
     c.copy_of_base()
+    return ["train", c.config("copy"), "--overwrite"]
+
+
+def _rerun_with_export(c: Ctx) -> list:
+    rd = c.copy_of_base()
+    assert CliRunner().invoke(app, ["export", str(rd.path)]).exit_code == 0 and rd.export_dir.is_dir()
     return ["train", c.config("copy"), "--overwrite"]
 
 
@@ -257,9 +282,13 @@ CASES = [
     # 2. a second run never replaces the first silently; derived files never outlive their model
     Case("same_name_refused", _same_name, 2,
          ["already holds a run (complete", "add --overwrite to replace it, --resume to continue it"]),
-    Case("train_overwrite_drops_old_report", _train_overwrite, 0, ["trained"], after=_check_overwritten),
+    Case("train_overwrite_drops_old_report", _train_overwrite, 0,
+         ["--overwrite: removing the earlier run in", "trained"], after=_check_overwritten),
+    Case("rerun_drops_old_export", _rerun_with_export, 0, ["--overwrite: removing the earlier run in", "trained"],
+         after=_check_export_gone),
     Case("prepare_keeps_trained_config", _prepare_trained, 2, ["already holds a run"], after=_check_config_unchanged),
-    Case("eval_other_data_replaces_results", _eval_other_data, 0, ["fine-tuned, full test set"],
+    Case("eval_other_data_replaces_results", _eval_other_data, 0,
+         ["removed the earlier", "export/", "fine-tuned, full test set"],
          after=_check_eval_other_data),
     # 3. an interrupted run is never used as if it were whole
     Case("eval_after_kill", lambda c: ["eval", _killed_during_training(c).path], 2,
@@ -277,7 +306,8 @@ CASES = [
          ["rep.csv:1 [text]: duplicate_column", "'text' as columns 1, 3 of 3"], data=True),
     Case("json_duplicate_key", _duplicate_key, 2, ["dup.jsonl:1 [text]: duplicate_key", "'text' twice"], data=True),
     Case("json_duplicate_key_skipped", lambda c: _duplicate_key(c, only_row=3, skip=True), 0,
-         ["1 row(s) dropped (1 duplicate_key)", "dropped dup.jsonl:4 (train): duplicate_key"], data=True),
+         ["1 row(s) dropped (1 duplicate_key)", "dropped dup.jsonl:4 (train): duplicate_key"],
+         not_says=[f"{tempfile.gettempdir()}/tmp"], data=True),   # no file in validate's scratch folder
     # 5. non-string values; labels that would switch a closed set to open-ended generation
     Case("non_string_values", _non_strings, 0,
          ["converted 41 non-string value(s) to text (40 in category, 1 in text)", "ns.jsonl:1 object"], data=True),
@@ -327,7 +357,11 @@ CASES = [
          ["no_supported_files", "a folder without supported files (1 other file(s): a.xyz)"], data=True),
     Case("dropped_rows_counted", _validate_csv("dd.csv", labelled(40) + labelled(2) + [["", "card"]]), 0,
          ["3 row(s) dropped (2 exact_duplicate, 1 empty_text)", "dropped dd.csv:44 (train): empty_text",
-          "writes the full list to"], data=True),
+          "writes the full list to"], not_says=[f"{tempfile.gettempdir()}/tmp"], data=True),
+    Case("prepare_dropped_rows_counted", lambda c: ["prepare", c.config("x", **{"data.train": c.csv(
+        "dd.csv", ["text", "category"], labelled(40) + labelled(2) + [["", "card"]])})], 0,
+         ["3 row(s) dropped (2 exact_duplicate, 1 empty_text), each with its file, line and reason, in"],
+         data=True, after=_check_dropped_list),
     # 7. data as other authors ship it: a computed column whose path a record lacks
     Case("fields_bad_path", _validate_csv("fp.csv", labelled(40), **{"data.fields": {"label2": "{category}_{nope}"}}),
          2, ["fp.csv:2 [data.fields.label2]: bad_field_path", "without 'nope' (keys: text, category)"], data=True),
@@ -339,13 +373,16 @@ CASES = [
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Ctx:
+def make_project(root: Path) -> Ctx:
     """The tiny project and one run of it trained and evaluated (2 per class on test, few steps)."""
-    root = tmp_path_factory.mktemp("corpus")
     tiny_project(root, "base", method={"r": 2, "alpha": 4}, train={"max_steps": 2, "eval_every": 2},
                  eval={"baseline_per_class": 1, "few_shot_k": 1, "bootstrap_samples": 100, "forgetting": False})
     return Ctx(root, run_pipeline(load_config(root / "cfg.yaml")))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Ctx:
+    return make_project(tmp_path_factory.mktemp("corpus"))
 
 
 def _case_ctx(project: Ctx, tmp: Path) -> Ctx:
@@ -387,13 +424,18 @@ def _balanced(ctx: Ctx, args: list) -> None:
 # ---------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case(case: Case, project: Ctx, tmp_path):
-    ctx = _case_ctx(project, tmp_path)
+def invoke(case: Case, ctx: Ctx) -> tuple[list[str], Result]:
+    """Build the case's inputs in `ctx.folder` and run its CLI command in-process; (arguments, result)."""
     args = [str(a) for a in case.build(ctx)]
     guard = read_only(ctx.folder / "runs" / "copy") if case.id == "read_only_run" else _nothing()
     with guard:
-        result = CliRunner().invoke(app, args)
+        return args, CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_case(case: Case, project: Ctx, tmp_path):
+    ctx = _case_ctx(project, tmp_path)
+    args, result = invoke(case, ctx)
     out = result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
         repr(result.exception)

@@ -41,8 +41,11 @@ def make_project(root: Path) -> Path:
     from test_pipeline import tiny_project
 
     # Enough steps for training to take a fair share of the run's time, a checkpoint every 5 of them.
-    return tiny_project(root, "ref", train={"max_steps": STEPS, "eval_every": 10, "save_every": 5,
-                                            "keep_checkpoints": 2, "patience": None})
+    # batch_size 3 (7 steps an epoch) puts most checkpoints inside an epoch, so a resume must restore the
+    # data position; LoRA dropout makes every step draw from the RNG, so it must restore the RNG states.
+    return tiny_project(root, "ref", method={"dropout": 0.1},
+                        train={"max_steps": STEPS, "batch_size": 3, "eval_every": 10, "save_every": 5,
+                               "keep_checkpoints": 2, "patience": None})
 
 
 def tunelab(*args, **kwargs) -> subprocess.Popen:
@@ -112,6 +115,8 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
     while proc.poll() is None and time.time() - appeared < at:
         time.sleep(0.005)
     if proc.poll() is not None:
+        out = proc.stdout.read()
+        assert proc.returncode == 0, out   # a run that failed must not pass for one that finished first
         return {"name": name, "at": at, "finished_first": True, "lasted": time.time() - appeared}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -126,6 +131,7 @@ def trial(i: int, cfg: Path, runs: Path, at: float, ref: dict) -> dict:
         row.update(state=rd.state(), stage=st.get("stage") or "-", step=max(steps, default=0),
                    checkpoints=f"{len(complete)}+{len(rd.checkpoint_folders()) - len(complete)}")
         if row["state"] == "complete":   # the kill came after the last write: nothing was interrupted
+            assert rd.stage_state("report") == "complete", st   # a kill between two stages reads `interrupted`
             return {**row, "finished_first": True, "lasted": at}
         row["export"] = CliRunner().invoke(app, ["export", str(rd.path)]).exit_code
         trained = rd.stage_state("train") == "complete"

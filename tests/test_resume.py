@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,8 +37,13 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     # min_delta: only the first validation counts as an improvement, so the early-stopping counter is 1
     # at checkpoint-10 and reaches patience (3) exactly at step 20 only when it is restored on resume.
-    tiny_project(root, "ref", train={"max_steps": STEPS, "eval_every": 5, "save_every": 5, "keep_checkpoints": 3,
-                                     "patience": 3, "min_delta": 10.0})
+    # batch_size 3: an epoch is 7 steps, so checkpoint-10 lies inside the second epoch and a resume that
+    # restarted the data position would train on other batches; LoRA dropout draws from the RNG every
+    # step, so a resume that did not restore the RNG states would draw other masks. (With batch_size 4 an
+    # epoch is 5 steps and dropout 0: neither mistake changed a number.)
+    tiny_project(root, "ref", method={"dropout": 0.1},
+                 train={"max_steps": STEPS, "batch_size": 3, "eval_every": 5, "save_every": 5, "keep_checkpoints": 3,
+                        "patience": 3, "min_delta": 10.0})
     return root
 
 
@@ -114,18 +120,23 @@ def test_kill_and_resume_equals_uninterrupted(project):
     assert tr_ref["best_step"] == 5   # min_delta: the restored early-stopping state kept step 5 as best
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project):
-    script = KILLED_RUN.replace("os.kill(os.getpid(), signal.SIGKILL)", "os.kill(os.getpid(), signal.SIGTERM)") \
+def stop_with(sig: int, cfg: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """Train in a real process that sends itself `sig` at step 5, through the CLI's error guard."""
+    script = KILLED_RUN.replace("os.kill(os.getpid(), signal.SIGKILL)", f"os.kill(os.getpid(), {int(sig)})") \
         .replace("state.global_step == 15", "state.global_step == 5") \
-        .replace('["name=killed"]', '["name=term", "train.keep_checkpoints=1"]')
+        .replace('["name=killed"]', repr(list(overrides)))
     script = script.replace("train_stage.run(cfg, rd, prepare_stage.run(cfg, rd, tok), tok, callbacks=[KillWhileSaving()])",
                             "import typer\nfrom tunelab.cli import _guard\ntry:\n"
                             "    _guard(train_stage.run, cfg, rd, prepare_stage.run(cfg, rd, tok), tok, "
                             "callbacks=[KillWhileSaving()])\n"
                             "except typer.Exit as e:\n    sys.exit(e.exit_code)")
     env = {**os.environ, "TUNELAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script, str(project / "cfg.yaml")], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-c", script, str(cfg)], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_refuses_a_changed_config(project):
+    done = stop_with(signal.SIGTERM, project / "cfg.yaml", "name=term", "train.keep_checkpoints=1")
     assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
     assert "SIGTERM received: saving a resumable checkpoint" in done.stdout + done.stderr
     assert "interrupted: training stopped by SIGTERM at step 6" in done.stderr
@@ -198,3 +209,56 @@ def test_each_method_resumes_to_the_same_weights(project, tmp_path, task, method
         a, b = load_file(runs["whole"].last / f), load_file(runs["cut"].last / f)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
     assert losses(runs["cut"]) == losses(runs["whole"])
+
+
+BETWEEN_STAGES = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    from tunelab.core.rundir import RunDir
+
+    rd = RunDir(Path(sys.argv[1]))
+    rd.path.mkdir()
+    rd.set_goal(sys.argv[2])   # what `tunelab run` (report) or `tunelab prepare` (prepare) records
+    with rd.stage("prepare"):
+        pass
+    print(rd.state(), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # between prepare and train
+""")
+
+
+@pytest.mark.parametrize("goal,after_kill", [("report", "interrupted"), ("prepare", "complete")])
+def test_a_kill_between_stages_never_leaves_a_complete_run(tmp_path, goal, after_kill):
+    """A `tunelab run` killed after prepare completed, before train started, read `complete` (stage prepare)."""
+    done = subprocess.run([sys.executable, "-c", BETWEEN_STAGES, str(tmp_path / "run"), goal],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert done.stdout.split() == ["running" if goal == "report" else "complete"]   # while the process lived
+    rd = RunDir(tmp_path / "run")
+    assert rd.state() == after_kill and rd.status()["stage"] == "prepare"
+    assert rd.stage_state("prepare") == "complete"
+
+
+def test_sigint_saves_a_checkpoint_and_resume_refuses_changed_data(project, tmp_path):
+    """Ctrl-C during training saves a checkpoint; a resume after the training file changed is refused
+    with the difference, and the checkpoint stays for a resume with the original data."""
+    for f in ("cfg.yaml", "train.csv", "test.csv"):
+        shutil.copy(project / f, tmp_path / f)
+    over = ["name=int", f"runs_dir={tmp_path / 'runs'}"]
+    done = stop_with(signal.SIGINT, tmp_path / "cfg.yaml", *over)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr[-2000:]
+    assert "SIGINT received: saving a resumable checkpoint" in done.stderr
+    rd = RunDir(tmp_path / "runs" / "int")
+    assert rd.state() == "interrupted" and rd.checkpoint_marker(rd.checkpoint_path(6))["step"] == 6
+
+    original = (tmp_path / "train.csv").read_bytes()
+    (tmp_path / "train.csv").write_bytes(original + b"a brand new message about my card (99),card\n")
+    changed = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), *over, "--resume"])
+    assert changed.exit_code == 2, changed.output
+    assert f"cannot resume {rd.path}: the data changed since it was started:\n  - " in changed.output
+    assert "train.csv" in changed.output.split("changed since it was started:")[1], changed.output
+    assert rd.checkpoint_marker(rd.checkpoint_path(6))["step"] == 6 and rd.stage_state("train") == "interrupted"
+
+    (tmp_path / "train.csv").write_bytes(original)
+    fine = CliRunner().invoke(app, ["train", str(tmp_path / "cfg.yaml"), *over, "--resume"])
+    assert fine.exit_code == 0, fine.output
+    assert "resuming from checkpoint-6 (step 6)" in fine.output and rd.state() == "complete"

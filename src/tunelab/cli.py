@@ -252,7 +252,7 @@ def validate(config: Path, overrides: Optional[list[str]] = OVERRIDES):
         check_method(cfg.method, cfg.task)
         tok = load_tokenizer(cfg.model)
         with tempfile.TemporaryDirectory() as tmp:
-            prepared = prep(cfg, Path(tmp), tok)
+            prepared = prep(cfg, Path(tmp), tok, scratch=True)
             encode(cfg, Renderer(tok, cfg), prepared)
             dropped = DataDir(Path(tmp)).dropped()
         sizes = ", ".join(f"{k} {len(v)}" for k, v in prepared.splits.items())

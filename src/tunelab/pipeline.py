@@ -41,7 +41,7 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False, launch: Laun
     evaluates and reports.
     """
     check_method(cfg.method, cfg.task)
-    rd, tokenizer, prepared = _start(cfg, overwrite, resume)
+    rd, tokenizer, prepared = _start(cfg, overwrite, resume, until="report")
     if _to_do(rd, "train", resume):
         _train(cfg, rd, prepared, tokenizer, resume, launch, estimate)
     if not is_main_process():
@@ -60,6 +60,7 @@ def run(cfg: Config, overwrite: bool = False, resume: bool = False, launch: Laun
 def prepare(cfg: Config, overwrite: bool = False) -> RunDir:
     """Prepare the data of `cfg` into its run folder (reused when nothing changed)."""
     rd = RunDir.create(cfg, overwrite, stage="prepare")
+    rd.set_goal("prepare")
     prepare_stage.run(cfg, rd)
     return rd
 
@@ -68,15 +69,17 @@ def train_only(cfg: Config, overwrite: bool = False, resume: bool = False, launc
                estimate: bool = False) -> RunDir:
     """Prepare the data and fine-tune (no evaluation); `resume`, `launch` and `estimate` as for `run`."""
     check_method(cfg.method, cfg.task)
-    rd, tokenizer, prepared = _start(cfg, overwrite, resume)
+    rd, tokenizer, prepared = _start(cfg, overwrite, resume, until="train")
     if _to_do(rd, "train", resume):
         _train(cfg, rd, prepared, tokenizer, resume, launch, estimate)
     return rd
 
 
-def open_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunDir:
+def open_run(cfg: Config, overwrite: bool = False, resume: bool = False, until: str = "train") -> RunDir:
     """The run folder for `cfg`: a new one (`RunDir.create`), or with `resume` the existing one, whose
-    training config must be unchanged (a folder that does not exist yet starts a new run).
+    training config must be unchanged (a folder that does not exist yet starts a new run). `until`: the
+    last stage the command will do (the run reads `complete` only once that stage is, `RunDir.set_goal`);
+    a process launched to train for a `tunelab run --nproc N` keeps that run's later goal.
 
     Raises:
         RunDirError: --overwrite with --resume, or the run is being worked on by a live process.
@@ -89,6 +92,7 @@ def open_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunD
         if resume:
             log.info(f"nothing to resume in {rd.path}: starting a new run")
         rd = RunDir.create(cfg, overwrite)
+        rd.set_goal(until, keep_later=launched())
         log.info(f"run folder: {rd.path}")
         return rd
     rd.refuse_if_busy()
@@ -98,6 +102,7 @@ def open_run(cfg: Config, overwrite: bool = False, resume: bool = False) -> RunD
     sweep(rd.path)
     sweep(rd.checkpoints)
     rd.write_config(cfg)   # what may change on resume (evaluation settings, threads) applies from now on
+    rd.set_goal(until, keep_later=launched())
     log.info(f"resuming {rd.path} ({rd.state()} at stage {rd.status().get('stage') or 'none'})")
     return rd
 
@@ -111,14 +116,14 @@ def _to_do(rd: RunDir, stage: str, resume: bool) -> bool:
     return True
 
 
-def _start(cfg: Config, overwrite: bool, resume: bool) -> tuple[RunDir, object, Prepared]:
+def _start(cfg: Config, overwrite: bool, resume: bool, until: str) -> tuple[RunDir, object, Prepared]:
     """The run folder (new, or the one to resume) and its prepared data. In a launched run rank 0 opens
     and prepares them while the other processes wait at a barrier, then read what rank 0 wrote."""
     distributed.setup(device_of(cfg.train))
     tokenizer = load_tokenizer(cfg.model)
     with distributed.main_first():
         if is_main_process():
-            rd = open_run(cfg, overwrite, resume)
+            rd = open_run(cfg, overwrite, resume, until)
             if resume:
                 checkpoints.check_data_unchanged(cfg, rd, tokenizer)
             prepared = prepare_stage.run(cfg, rd, tokenizer)
@@ -166,6 +171,7 @@ def evaluate_run(rd: RunDir, test_file: Path | None = None, allow_incomplete: bo
     """Re-evaluate a trained run (optionally on another test file) and rewrite its report."""
     cfg = rd.config()
     rd.require_trained(allow_incomplete)
+    rd.set_goal("report")
     if test_file is not None:
         cfg.data.test = str(Path(test_file).resolve())
         rd.write_config(cfg)

@@ -26,6 +26,7 @@ run names.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ from tunelab.core.ranks import is_main_process
 # Re-exported: stages import the crash-safe writers from here with the paths they write.
 from tunelab.core.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable,  # noqa: F401
                                 read_json, read_jsonl, remove_tree, sweep, write_jsonl)
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 STAGES = ("prepare", "train", "evaluate", "report", "export", "monitor")
@@ -342,6 +345,8 @@ class RunDir:
                 if not rd.is_run():
                     raise RunDirError(f"{rd.path} exists and is not a tunelab run folder: refusing to delete it "
                                       "(choose another name= or runs_dir=)")
+                log.info(f"--overwrite: removing the earlier run in {rd.path} ({rd.state()}, stage "
+                         f"{rd.status().get('stage') or 'none'})")
                 remove_tree(rd.path)
             elif not rd.is_run():
                 raise RunDirError(f"{rd.path} exists and is not a tunelab run folder; choose another name= or runs_dir=")
@@ -452,6 +457,8 @@ class RunDir:
         if gone:
             atomic_write_json(self.metrics_json, {k: v for k, v in doc.items() if k not in gone})
             removed += [f"metrics.json:{s}" for s in gone]
+        if removed:   # said, so a user who finds them gone knows why (never left beside a newer result)
+            log.info(f"removed the earlier {', '.join(removed)} of {self.name}")
         st = self.status()
         if any(s in st.get("stages", {}) for s in stages):
             st["stages"] = {k: v for k, v in st["stages"].items() if k not in stages}
@@ -486,6 +493,21 @@ class RunDir:
         entry.update(status="complete", finished=_now(), wrote=self._present(name))
         self._record(name, entry)
 
+    def set_goal(self, stage: str, keep_later: bool = False) -> None:
+        """Record the last lifecycle stage the command now working on this run will do: until that stage
+        completes, a completed earlier one leaves the run `running` (read as `interrupted` once the process
+        is gone), so a kill between two stages never leaves a `complete` run. `keep_later`: keep a later
+        goal already recorded (a training process launched by a `tunelab run`, which goes on to evaluate)."""
+        if not is_main_process():
+            return
+        check_writable(self.path)
+        st = self.status()
+        old = st.get("goal")
+        if keep_later and old in LIFECYCLE and LIFECYCLE.index(old) > LIFECYCLE.index(stage):
+            return
+        st["goal"] = stage
+        self._write_status(st)
+
     def fail_stage(self, name: str, message: str) -> None:
         """Record the running stage `name` as failed with `message` from outside its `stage()` block
         (the stall watchdog, about to end a process whose main thread is stuck)."""
@@ -498,7 +520,10 @@ class RunDir:
         st = self.status()
         st.setdefault("stages", {})[name] = entry
         if name in LIFECYCLE:
-            st.update(status=entry["status"], stage=name, error=entry.get("error"))
+            status, goal = entry["status"], st.get("goal")
+            if status == "complete" and goal in LIFECYCLE and LIFECYCLE.index(name) < LIFECYCLE.index(goal):
+                status = "running"   # the command goes on to its goal (see set_goal)
+            st.update(status=status, stage=name, error=entry.get("error"))
             if running:
                 st.update(pid=os.getpid(), host=socket.gethostname())
         self._write_status(st)

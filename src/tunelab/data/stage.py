@@ -63,8 +63,9 @@ class _Ledger:
         return out
 
 
-def prepare(cfg: Config, data: DataDir | Path, tokenizer=None) -> Prepared:
-    """Prepare (or reuse) the splits for `cfg` in the prepared-data folder `data`.
+def prepare(cfg: Config, data: DataDir | Path, tokenizer=None, scratch: bool = False) -> Prepared:
+    """Prepare (or reuse) the splits for `cfg` in the prepared-data folder `data`; `scratch`: `data` is a
+    temporary folder (validate, estimate), so the log names no file in it (it is gone when the user looks).
 
     Raises:
         DataError: unreadable or invalid data (every problem listed), or leakage under `leakage: refuse`.
@@ -76,14 +77,16 @@ def prepare(cfg: Config, data: DataDir | Path, tokenizer=None) -> Prepared:
     if why is None:
         log.info(f"reusing prepared data (fingerprint {fp}) in {data.path}")
         return load_prepared(data, reused=True)
-    log.info(f"rebuilding: {why}")
+    if not scratch:
+        log.info(f"rebuilding: {why}")
     splits, manifest = _build(cfg, tokenizer)
     manifest = {"fingerprint": fp, "fingerprint_parts": parts, **manifest}
     dropped = manifest.pop("dropped_rows")
     data.write(splits, manifest, dropped, render_report(manifest))
     kept = ", ".join(f"{s} {len(splits[s])}" for s in SPLITS)
-    log.info(f"prepared {kept} -> {data.path}; {dropped_summary(manifest)}, each with its file, line and "
-             f"reason, in {data.dropped_path}")
+    where = "" if scratch else f" -> {data.path}"
+    listed = "" if scratch else f", each with its file, line and reason, in {data.dropped_path}"
+    log.info(f"prepared {kept}{where}; {dropped_summary(manifest)}{listed}")
     return Prepared(splits, manifest["labels"], manifest, False)
 
 

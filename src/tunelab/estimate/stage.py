@@ -202,6 +202,6 @@ def for_config(cfg: Config, nproc: int = 1, calibrate_steps: int = 4) -> Estimat
     if rd.is_run() and cache.why_rebuild(rd.data, cache.fingerprint_parts(cfg, tokenizer)) is None:
         return run(cfg, prepare(cfg, rd.data, tokenizer), tokenizer, nproc, calibrate_steps)
     with tempfile.TemporaryDirectory(prefix="tunelab-estimate-") as tmp:
-        prepared = prepare(cfg, DataDir(Path(tmp)), tokenizer)
+        prepared = prepare(cfg, DataDir(Path(tmp)), tokenizer, scratch=True)
     return run(cfg, prepared, tokenizer, nproc, calibrate_steps)
 
