@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from tunelab.config import Config
+from tunelab.core import memory
 from tunelab.core.errors import RunDirError, UserError
 from tunelab.core.ranks import is_main_process, launched, process_rank, world_size
 from tunelab.core.rundir import RunDir, sweep
@@ -146,10 +147,12 @@ def _train(cfg: Config, rd: RunDir, prepared: Prepared, tokenizer, resume: bool,
            estimate: bool) -> None:
     if estimate and is_main_process():
         _log_estimate(cfg, prepared, tokenizer, launch.nproc if launch else world_size())
+        memory.release()   # the calibration's model and optimizer, before training loads its own
     if launch is not None and launch.needed:
         launch.run(rd)
     else:
         train_stage.run(cfg, rd, prepared, tokenizer, resume=resume)
+        memory.release()   # the Trainer's model, optimizer and activations, before evaluation loads its models
 
 
 def _log_estimate(cfg: Config, prepared: Prepared, tokenizer, nproc: int) -> None:

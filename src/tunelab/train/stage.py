@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from tunelab.config import Config
+from tunelab.core import memory
 from tunelab.core.errors import Interrupted
 from tunelab.core.ranks import is_main_process, launched, local_world_size, world_size
 from tunelab.core.rundir import RunDir, remove_tree
@@ -103,6 +104,7 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
         collator = None
         if cfg.method.freeze_below and TASKS[cfg.task].caches_lower_layers:
             train_ex, val_ex, collator = cache_lower_layers(cfg, model, tokenizer, prec, train_ex, val_ex)
+            memory.release()   # the frozen layers' activations of that pass
         trainer, best = build_trainer(cfg, rd, model, tokenizer, renderer, prec, train_ex, val_ex, callbacks,
                                       collator=collator)
         trainer.add_callback(checkpoints.NoFinalCheckpoint())

@@ -1,0 +1,36 @@
+"""Give memory a finished stage freed back to the operating system before the next stage starts.
+
+A stage's objects (a Trainer with its optimizer and callbacks, a calibration model, a frozen-layer pass)
+form reference cycles, and glibc keeps freed heap pages mapped: without this, one process running
+estimate -> train -> evaluate peaks at the sum of the stages' working sets instead of the largest one
+(measured on the Banking77 demo: 4.99 GB for the whole run vs 2.21 GB for its evaluation alone).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+import logging
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None   # glibc only
+
+
+def release() -> None:
+    """Collect unreachable objects, then return the C heap's free pages to the OS (glibc's
+    `malloc_trim`; elsewhere only the collection)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
