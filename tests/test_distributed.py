@@ -166,7 +166,7 @@ CRASHING_WORKER = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = load_config(sys.argv[1], sys.argv[2:])
-    rd, tokenizer, prepared = _start(cfg, False, False)
+    rd, tokenizer, prepared = _start(cfg, False, False, "train")
     train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[Crash()])
 """)
 
