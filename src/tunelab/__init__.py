@@ -28,8 +28,7 @@ __all__ = ["__version__", "evaluate", "load", "load_config", "prepare", "run", "
 
 
 def runtime_defaults() -> None:
-    """Set tunelab's default OpenMP wait policy unless the user chose one, and glibc's mmap threshold for
-    large buffers; call it before torch is imported.
+    """Set tunelab's default OpenMP wait policy unless the user chose one; call it before torch is imported.
 
     OpenMP threads that busy-wait between parallel regions collapse when another process holds a core:
     a LoRA step of SmolLM2 took 42 s with 2 spinning threads next to one busy process, 2.9 s with passive
@@ -37,8 +36,6 @@ def runtime_defaults() -> None:
     The CLI calls this first; the API functions below call it too (it has no effect once torch is loaded).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tunelab.core.memory import map_large_buffers
-    map_large_buffers()   # RSS that stays near the working set (see core/memory.py for the measurement)
 
 
 def load_config(config: "str | Path | Config", overrides: list[str] | None = None) -> "Config":

@@ -1,5 +1,4 @@
-"""Give memory back to the operating system: large buffers as soon as they are freed, and what a finished
-stage freed before the next stage starts.
+"""Give memory a finished stage freed back to the operating system before the next stage starts.
 
 A stage's objects (a Trainer with its optimizer and callbacks, a calibration model, a frozen-layer pass)
 form reference cycles, and glibc keeps freed heap pages mapped: without this, one process running
@@ -14,12 +13,8 @@ import ctypes.util
 import functools
 import gc
 import logging
-import os
 
 log = logging.getLogger(__name__)
-
-M_MMAP_THRESHOLD = -3          # glibc mallopt parameter (malloc.h)
-MMAP_THRESHOLD = 1 << 20       # buffers of 1 MiB or more: mapped on allocation, unmapped on free
 
 
 @functools.cache
@@ -39,17 +34,3 @@ def release() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def map_large_buffers() -> None:
-    """Serve every allocation of `MMAP_THRESHOLD` bytes or more (activation and gradient tensors) from
-    its own mapping, returned to the OS when freed (glibc only; a no-op elsewhere).
-
-    glibc otherwise raises its mmap threshold to the largest buffer freed so far (up to 32 MiB), after
-    which tensors come from the heap; training steps of different batch shapes then fragment it, and
-    RSS climbs step after step. Measured on the Banking77 demo recipe (training, step ~50): 1.6 GB with
-    a fixed 1 MiB threshold vs 2.6 GB without. Setting the threshold also turns off the dynamic raise.
-    """
-    libc = _libc()
-    if libc is not None and not os.environ.get("MALLOC_MMAP_THRESHOLD_"):   # the user's own setting wins
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
