@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-BANKING77 = ROOT / "examples" / "banking77"   # the repository's copy: benchmarks never read ../shared
+BANKING77 = ROOT / "examples" / "banking77"   # the repository's copy: benchmarks read only this repository
 INSTRUCTION = (
     "Classify this online-banking customer query into one of 77 intent categories. "
     "Answer with the category name only.\n\nQuery: "

@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 
 from intent_project import intent_project
 from tiny import tiny_llama
+from polling import wait_for
 from tunelab.cli import app
 from tunelab.config import load_config
 from tunelab.core.rundir import RunDir
@@ -103,16 +104,6 @@ def test_two_processes_match_one_process_and_only_rank_0_writes(project, tmp_pat
     assert any(name.startswith((".best.partial", ".last.partial")) for name in rank0)
 
 
-def _wait(predicate, seconds: float, what: str):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _rank(proc: subprocess.Popen, rank: str) -> psutil.Process | None:
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
@@ -129,10 +120,10 @@ def test_watchdog_ends_a_run_whose_rank_stalls(project):
     rd = RunDir(project / "runs" / "stall")
     rank1 = None
     try:
-        _wait(lambda: rd.metrics_jsonl.is_file() and len(rd.read_log()) >= 2, 240, "training to start")
-        rank1 = _wait(lambda: _rank(proc, "1"), 30, "rank 1")
+        wait_for(lambda: rd.metrics_jsonl.is_file() and len(rd.read_log()) >= 2, 240, "training to start")
+        rank1 = wait_for(lambda: _rank(proc, "1"), 30, "rank 1")
         rank1.send_signal(signal.SIGSTOP)   # the forced stall: rank 0 now waits in the gradient all-reduce
-        _wait(lambda: rd.stage_state("train") == "failed", 120, "the watchdog to record the stall")
+        wait_for(lambda: rd.stage_state("train") == "failed", 120, "the watchdog to record the stall")
         rank1.send_signal(signal.SIGCONT)   # let it dump its stack and receive the launcher's SIGTERM
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -220,7 +211,7 @@ def test_ctrl_c_stops_both_processes_after_one_step_and_resume_finishes(project,
     proc = _tunelab(project, "train", "cfg.yaml", *overrides, "--nproc", "2", "--no-estimate", audit=tmp_path / "audit")
     rd = RunDir(project / "runs" / "ctrl_c")
     try:
-        _wait(lambda: rd.metrics_jsonl.is_file() and len(rd.read_log()) >= 2, 240, "training to start")
+        wait_for(lambda: rd.metrics_jsonl.is_file() and len(rd.read_log()) >= 2, 240, "training to start")
         os.killpg(proc.pid, signal.SIGINT)   # Ctrl-C: the terminal signals the foreground process group
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -299,7 +290,7 @@ def test_watchdog_fires_only_without_progress():
         time.sleep(0.2)
         dog.on_step_end(None, _State(), None)
     assert not dog.fired.is_set()
-    _wait(lambda: exits, 10, "the watchdog")
+    wait_for(lambda: exits, 10, "the watchdog")
     dog.on_train_end(None, _State(), None)
     assert exits == [STALL_EXIT_CODE]
     assert stalls[0].startswith("stall watchdog: training made no progress for 0.01 minutes") and "step 7" in stalls[0]

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
@@ -18,6 +17,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from test_pipeline import INTENTS, tiny_project
+from polling import wait_for
 from tunelab.cli import app
 from tunelab.config import ConfigError, load_config
 from tunelab.core.rundir import RunDir
@@ -107,16 +107,6 @@ def test_a_diverging_learning_rate_is_pruned_before_its_last_step(project, tmp_p
 # ------------------------------------------------------------------ kill and resume
 
 
-def _wait_for(pred, timeout: float, what: str):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_killed_mid_trial_then_rerun_gives_exactly_n_trials_none_duplicated(project, tmp_path):
     args = [f"runs_dir={tmp_path}", "tune.n_trials=3", "tune.pruner=none", "train.max_steps=40", "train.eval_every=10"]
     cfg = config(project, *args)
@@ -134,7 +124,7 @@ def test_killed_mid_trial_then_rerun_gives_exactly_n_trials_none_duplicated(proj
             running = [t for t in trials if t.state == TrialState.RUNNING]
             return (len(trials) >= 2 and running and (sd.trials_dir / str(running[0].number) / "metrics.jsonl").exists()
                     and running[0])
-        killed = _wait_for(mid_second_trial, 180, "a trial in the middle of training")
+        killed = wait_for(mid_second_trial, 180, "a trial in the middle of training")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import httpx
 from typer.testing import CliRunner
 
 from conftest import PHRASES, SEEN, UNSEEN, train_champion, write_csv
+from polling import wait_for
 from servers import Server, create_key, free_port
 from tunelab.cli import app
 from tunelab.core.rundir import RunDir
@@ -44,16 +44,8 @@ def gauge(client: httpx.Client, name: str, **labels) -> float | None:
     return None
 
 
-def wait_for(predicate, seconds: float = 300.0, what: str = ""):
-    """Poll `predicate` until it holds (an upper bound: the server checks in a background thread, slow on a
-    loaded 2-core machine)."""
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+# The server checks in a background thread, slow on a loaded 2-core machine: an upper bound, not a wait.
+LIVE_S = 300.0
 
 
 def test_serve_drift_monitor_retrain_promote_reload(intents_project, tmp_path):
@@ -71,12 +63,12 @@ def test_serve_drift_monitor_retrain_promote_reload(intents_project, tmp_path):
         classify(client, seen)
         # A check runs once `live_every_requests` new requests arrived since the last one started; while a
         # check runs more requests arrive, so the last check may end before request 2 * WINDOW.
-        wait_for(lambda: (gauge(client, "tunelab_monitor_window_end", model="shop") or 0) >= WINDOW,
-                 what="a live check over a full window")
+        wait_for(lambda: (gauge(client, "tunelab_monitor_window_end", model="shop") or 0) >= WINDOW, LIVE_S,
+                 "a live check over a full window", poll=0.5)
         assert gauge(client, "tunelab_monitor_drift", model="shop") == 0
         answers = classify(client, drifted)
         assert {a["label"] for a in answers} <= set(SEEN)          # the champion cannot answer the new intent
-        wait_for(lambda: gauge(client, "tunelab_monitor_drift", model="shop") == 1, what="live drift gauge")
+        wait_for(lambda: gauge(client, "tunelab_monitor_drift", model="shop") == 1, LIVE_S, "live drift gauge", poll=0.5)
 
         # tunelab monitor over the server's request log flags the drift and lists the drifted inputs to label.
         result = CliRunner().invoke(app, ["monitor", str(run), "--requests", str(log)])
@@ -122,7 +114,8 @@ def test_serve_drift_monitor_retrain_promote_reload(intents_project, tmp_path):
         assert deployment.promotion(rd)["active_name"] == ch.name
 
         # The running server switches to the challenger: same model id, new run behind it, the new intent answered.
-        wait_for(lambda: client.get("/v1/models/shop").json().get("root") == ch.name, what="the promoted model")
+        wait_for(lambda: client.get("/v1/models/shop").json().get("root") == ch.name, LIVE_S, "the promoted model",
+                 poll=0.5)
         unseen_before = [t for t in fresh[UNSEEN][3 * WINDOW: 3 * WINDOW + 20]]
         answers = classify(client, unseen_before)
         assert sum(a["label"] == UNSEEN for a in answers) >= 16, [a["label"] for a in answers]
