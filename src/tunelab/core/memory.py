@@ -2,8 +2,8 @@
 
 A stage's objects (a Trainer with its optimizer and callbacks, a calibration model, a frozen-layer pass)
 form reference cycles, and glibc keeps freed heap pages mapped: without this, one process running
-estimate -> train -> evaluate peaks at the sum of the stages' working sets instead of the largest one
-(measured on the Banking77 demo: 4.99 GB for the whole run vs 2.21 GB for its evaluation alone).
+estimate -> train -> evaluate carries each stage's leftovers into the next (measured on the Banking77
+demo: peak RSS 4.99 GB without this, 3.96 GB with it; its evaluation alone peaks at 2.21 GB).
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import logging
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
