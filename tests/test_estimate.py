@@ -113,3 +113,20 @@ def test_train_prints_the_estimate_before_training(project):
     quiet = CliRunner().invoke(app, ["train", str(project / "cfg.yaml"), "name=quiet", "train.max_steps=2",
                                      "--no-estimate"])
     assert quiet.exit_code == 0 and "estimate for" not in quiet.output
+
+
+def test_estimate_runs_the_frozen_layers_once_like_training(tmp_path):
+    """method.freeze_below: the calibration steps train only the layers above (as the train stage does after its
+    one pass of the frozen layers over every example), and that pass is counted in the time."""
+    root = intent_project(tmp_path, "frozen", tiny_llama(tmp_path / "cls", num_labels=3, layers=3),
+                          {"name": "lora", "r": 4, "alpha": 8, "freeze_below": 2},
+                          {"lr": 1e-3, "epochs": 1, "batch_size": 4, "eval_every": 2, "precision": "fp32",
+                           "threads": 1, "patience": None})
+    out = tmp_path / "est.json"
+    result = CliRunner().invoke(app, ["estimate", str(root / "cfg.yaml"), "task=classification", "data.template=null",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    est = json.loads(out.read_text())
+    assert est["calibration"]["steps"] == 4 and est["calibration"]["frozen_seconds_per_token"] > 0
+    assert est["seconds"]["frozen"] > 0 and "frozen layers once" in result.output
+    assert est["seconds"]["total"] > est["seconds"]["setup"] + est["seconds"]["frozen"]

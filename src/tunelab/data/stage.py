@@ -5,6 +5,7 @@ rows; file names in core/rundir.py). A re-run with unchanged inputs reuses the r
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ class Prepared:
     labels: list[str] | None
     manifest: dict
     reused: bool
+    seconds: float = 0.0   # wall time this process spent building them (0 when reused): not training's set-up
 
 
 @dataclass
@@ -79,6 +81,7 @@ def prepare(cfg: Config, data: DataDir | Path, tokenizer=None, scratch: bool = F
         return load_prepared(data, reused=True)
     if not scratch:
         log.info(f"rebuilding: {why}")
+    started = time.perf_counter()
     splits, manifest = _build(cfg, tokenizer)
     manifest = {"fingerprint": fp, "fingerprint_parts": parts, **manifest}
     dropped = manifest.pop("dropped_rows")
@@ -87,7 +90,7 @@ def prepare(cfg: Config, data: DataDir | Path, tokenizer=None, scratch: bool = F
     where = "" if scratch else f" -> {data.path}"
     listed = "" if scratch else f", each with its file, line and reason, in {data.dropped_path}"
     log.info(f"prepared {kept}{where}; {dropped_summary(manifest)}{listed}")
-    return Prepared(splits, manifest["labels"], manifest, False)
+    return Prepared(splits, manifest["labels"], manifest, False, time.perf_counter() - started)
 
 
 def dropped_summary(manifest: dict) -> str:

@@ -2,6 +2,8 @@
 into a throwaway folder: how long a step, a validation pass and a save take, and how much memory the
 process reaches.
 
+With `method.freeze_below`, the frozen layers run once over the calibration's examples first, as the train
+stage runs them over every example (timed per token), and the steps then train only the layers above.
 The first step trains on the longest examples, so the process reaches the memory peak of the
 run's largest batch (and allocates the optimizer state); it is not timed. The timed steps are drawn at
 random from the training set, like the run's own batches. Then one validation pass and one save.
@@ -33,6 +35,7 @@ from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared
 from tunelab.estimate.memory import current_rss
 from tunelab.models import Precision
+from tunelab.tasks import TASKS
 from tunelab.train.callbacks import BestCheckpoint, save_model
 from tunelab.train.render import Renderer
 
@@ -48,7 +51,8 @@ class Calibration:
     tokens_per_step: float        # mean example tokens of the timed steps (step time is scaled by it)
     eval_seconds_per_token: float
     save_seconds: float
-    setup_seconds: float          # process start to model ready: imports, tokenizer, data, model load
+    setup_seconds: float          # process start to model ready (imports, tokenizer, model load), less data preparation
+    frozen_seconds_per_token: float   # method.freeze_below: the once-per-example pass of the frozen layers (0: none)
     baseline_rss: int             # the process before the model was loaded
     peak_rss: int                 # the process's peak resident set after the steps
     peak_gpu: int | None          # the GPU memory torch's allocator reserved at most (CUDA runs)
@@ -115,7 +119,7 @@ def release_memory() -> None:
 def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, prec: Precision,
               train_ex: list[dict], val_ex: list[dict], steps: int = 4) -> Calibration:
     """Train `steps` + 1 optimizer steps and validate once with the run's own code; measure them."""
-    from tunelab.train.stage import build_model, build_trainer   # the stage imports heavy modules
+    from tunelab.train.stage import build_model, build_trainer, cache_lower_layers   # heavy imports
 
     per_step = cfg.train.batch_size * cfg.train.grad_accum
     rng = random.Random(cfg.train.seed)
@@ -131,8 +135,15 @@ def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, pr
     with tempfile.TemporaryDirectory(prefix="tunelab-calibration-") as tmp, _quiet("tunelab.train", "tunelab.methods"):
         scratch = RunDir(Path(tmp))
         model, _ = build_model(calib, scratch, prepared)
-        setup = time.time() - started
-        trainer, _ = build_trainer(calib, scratch, model, tokenizer, renderer, prec, longest + timed, val_part)
+        # A run that prepares its data does so before the estimate; `tunelab train` on prepared data does not.
+        setup = time.time() - started - prepared.seconds
+        examples, collator, frozen = longest + timed, None, 0.0
+        if cfg.method.freeze_below and TASKS[cfg.task].caches_lower_layers:
+            t0 = time.perf_counter()
+            examples, val_part, collator = cache_lower_layers(calib, model, tokenizer, prec, examples, val_part)
+            frozen = (time.perf_counter() - t0) / max(_tokens(examples) + _tokens(val_part), 1)
+        trainer, _ = build_trainer(calib, scratch, model, tokenizer, renderer, prec, examples, val_part,
+                                   collator=collator)
         trainer.args.train_sampling_strategy = "sequential"   # longest first, then the random ones
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(clock)
@@ -152,5 +163,5 @@ def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, pr
     durations = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     return Calibration(steps=len(durations), step_seconds=sum(durations) / max(len(durations), 1),
                        tokens_per_step=_tokens(timed) / steps, eval_seconds_per_token=evaluate / max(_tokens(val_part), 1),
-                       save_seconds=save, setup_seconds=setup, baseline_rss=baseline, peak_rss=peak, peak_gpu=peak_gpu,
+                       save_seconds=save, setup_seconds=setup, frozen_seconds_per_token=frozen, baseline_rss=baseline, peak_rss=peak, peak_gpu=peak_gpu,
                        load_average=os.getloadavg()[0], cores=os.cpu_count() or 1)

@@ -84,7 +84,8 @@ class Estimate:
                  f"  needs {gb(self.needed)} of {gb(self.available)} available"]
         s = self.seconds
         if s:
-            lines.append(f"  time: {_duration(s['total'])} = set-up {_duration(s['setup'])} + {p.steps:,} steps x "
+            frozen = f" + frozen layers once {_duration(s['frozen'])}" if s.get("frozen") else ""
+            lines.append(f"  time: {_duration(s['total'])} = set-up {_duration(s['setup'])}{frozen} + {p.steps:,} steps x "
                          f"{s['step']:.2f} s + {p.evals} validations x {s['eval']:.1f} s + {p.evals + 1} saves x "
                          f"{s['save']:.1f} s (measured on this machine: {self.calibration.steps} calibration steps "
                          f"at load average {self.calibration.load_average:.1f} on {self.calibration.cores} cores; "
@@ -145,8 +146,9 @@ def _seconds(p: Plan, cal: Calibration) -> dict:
     evaluate = cal.eval_seconds_per_token * p.eval_tokens
     # Upper bound for saves: every validation improves (best/), plus last/.
     loop = p.steps * step + p.evals * evaluate + (p.evals + 1) * cal.save_seconds
-    return {"setup": cal.setup_seconds, "step": step, "eval": evaluate, "save": cal.save_seconds,
-            "loop": loop, "total": cal.setup_seconds + loop}
+    frozen = cal.frozen_seconds_per_token * (p.tokens + p.eval_tokens)   # method.freeze_below's one pass
+    return {"setup": cal.setup_seconds, "frozen": frozen, "step": step, "eval": evaluate, "save": cal.save_seconds,
+            "loop": loop, "total": cal.setup_seconds + frozen + loop}
 
 
 def run(cfg: Config, prepared: Prepared, tokenizer, nproc: int = 1, calibrate_steps: int = 4) -> Estimate:

@@ -129,12 +129,22 @@ def homogeneity(reference: np.ndarray, counts: np.ndarray, rng: np.random.Genera
 
 def binned_shift(reference: np.ndarray, window: np.ndarray, rng: np.random.Generator, bins: int = 10) -> Result:
     """Population stability index of `window` against `reference` over the reference's deciles, and the
-    homogeneity p-value of the two binned samples."""
+    homogeneity p-value of the two samples binned at the deciles of the pooled sample.
+
+    The p-value's bins come from the pooled values, not the reference's: bins drawn from one side would
+    depend on which values landed on that side, and the test conditions on the pooled counts being fixed
+    under no shift (exact for any split of the pool into reference and window, ties included)."""
     reference, window = np.asarray(reference, float), np.asarray(window, float)
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1)
-    win = np.bincount(np.searchsorted(edges, window, side="right"), minlength=len(edges) + 1)
-    return Result(_psi(_smoothed(win), _smoothed(ref)), homogeneity(ref, win, rng))
+
+    def counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+        return np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+
+    def deciles(values: np.ndarray) -> np.ndarray:
+        return np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1]))
+
+    psi_edges, test_edges = deciles(reference), deciles(np.r_[reference, window])
+    psi = _psi(_smoothed(counts(window, psi_edges)), _smoothed(counts(reference, psi_edges)))
+    return Result(psi, homogeneity(counts(reference, test_edges), counts(window, test_edges), rng))
 
 
 def label_shift(reference: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> Result:
