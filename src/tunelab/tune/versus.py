@@ -28,14 +28,15 @@ log = logging.getLogger(__name__)
 
 
 def start_trial(cfg: Config, study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The study's first trial run with `tune.enqueue[0]`'s values (None without tune.enqueue or before it runs)."""
+    """The study's first complete trial with `tune.enqueue[0]`'s values, else its first trial with them (None
+    without tune.enqueue or before it runs)."""
     if not cfg.tune.enqueue:
         return None
     want = cfg.tune.enqueue[0]
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if decode_params(t.params) == want and not t.user_attrs.get("surplus"):
-            return t
-    return None
+    runs = sorted((t for t in study.get_trials(deepcopy=False)
+                   if decode_params(t.params) == want and not t.user_attrs.get("surplus")), key=lambda t: t.number)
+    # An interrupted trial is retried with the same values: the retry that completed is the one to compare.
+    return next((t for t in runs if t.state == TrialState.COMPLETE), runs[0] if runs else None)
 
 
 @dataclass
