@@ -286,10 +286,14 @@ def test_the_report_embeds_optunas_four_views_of_a_study():
 
 
 def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
-    from test_examples import EXAMPLES, _banking_copy
+    from test_examples import CLASSES, EXAMPLES, _banking_copy
+    from tiny import tiny_llama
 
     data = _banking_copy(tmp_path)
-    args = [f"model.name={project / 'tiny-llama'}", f"runs_dir={tmp_path / 'runs'}", f"data.train={data['train']}",
+    # The demo's decoder classifier cut to its first layers, on a tiny decoder cut the same way.
+    model = tiny_llama(tmp_path / "llama-cls", num_labels=CLASSES, layers=3)
+    args = ["model.layers=2", "method.freeze_below=1", f"model.name={model}", f"runs_dir={tmp_path / 'runs'}",
+            f"data.train={data['train']}",
             f"data.test={data['test']}", "data.train_limit=24", "train.max_steps=2", "train.batch_size=4",
             "train.eval_every=1", "eval.max_test=8", "eval.baseline_per_class=1", "eval.forgetting=false",
             "eval.few_shot_k=2", "eval.bootstrap_samples=100", "eval.batch_size=8", "tune.n_trials=2"]
@@ -299,3 +303,6 @@ def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
     trials = study_of(cfg).trials
     assert trials[0].params == cfg.tune.enqueue[0]            # the demo's own values are tried first
     assert load_config(study_dir(cfg).best_config_path).method.name == "lora"
+    assert "2 configurations were tried" in result.output
+    assert "| best (trial " in result.output and ("| start: tune.enqueue[0] (trial 0) |" in result.output
+                                                   or "is the starting config itself" in result.output)
