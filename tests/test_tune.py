@@ -218,7 +218,7 @@ def test_tune_writes_best_config_trials_csv_and_report(project, tmp_path):
     chosen = max(study.best_trials, key=lambda t: (t.values[0], -t.number))
     assert best.train.lr == chosen.params["train.lr"] and best.method.r == chosen.params["method.r"]
     html = sd.report_html.read_text()
-    assert "2</b> configurations tried" in html and "Pareto set" in html and html.count("data:image/png;base64") >= 3
+    assert "2</b> configurations were tried" in html and "Pareto set" in html and html.count("data:image/png;base64") >= 3
     final = RunDir(sd.trials_dir / str(chosen.number))   # its weights were reused and evaluated like `tunelab run`
     assert {"zero_shot", "few_shot", "finetuned"} <= set(final.metrics()["test"]) and final.report_html.exists()
     others = [t.number for t in study.trials if t.number != chosen.number]
