@@ -210,7 +210,7 @@ def test_tune_writes_best_config_trials_csv_and_report(project, tmp_path):
     sd = study_dir(cfg)
     study = study_of(cfg)
     assert len(study.directions) == 2
-    assert "tried 2 configurations" in result.output and "| fine-tuned |" in result.output
+    assert "2 configurations were tried" in result.output and "| fine-tuned |" in result.output
     rows = list(csv.DictReader(sd.trials_csv.open()))
     assert [r["state"] for r in rows] == ["complete", "complete"] and "trainable_params" in rows[0]
     best = load_config(sd.best_config_path)   # runnable with `tunelab run`
@@ -218,11 +218,53 @@ def test_tune_writes_best_config_trials_csv_and_report(project, tmp_path):
     chosen = max(study.best_trials, key=lambda t: (t.values[0], -t.number))
     assert best.train.lr == chosen.params["train.lr"] and best.method.r == chosen.params["method.r"]
     html = sd.report_html.read_text()
-    assert "2</b> configurations tried" in html and "Pareto set" in html and html.count("data:image/png;base64") >= 3
+    assert "2</b> configurations were tried" in html and "Pareto set" in html and html.count("data:image/png;base64") >= 3
     final = RunDir(sd.trials_dir / str(chosen.number))   # its weights were reused and evaluated like `tunelab run`
     assert {"zero_shot", "few_shot", "finetuned"} <= set(final.metrics()["test"]) and final.report_html.exists()
     others = [t.number for t in study.trials if t.number != chosen.number]
     assert not any((sd.trials_dir / str(n) / "best").exists() for n in others)
+
+
+def test_the_best_is_compared_with_the_starting_config_on_validation_and_test(project, tmp_path):
+    # objective=loss: a tiny step size barely moves the validation loss, a large one lowers it, so the
+    # best is trial 1 and the starting config (tune.enqueue[0], trial 0) is a different model.
+    args = [f"runs_dir={tmp_path}", "tune.n_trials=2", "train.max_steps=6", "tune.objective=loss",
+            "tune.space={train.lr: [1.0e-6, 1.0e-2]}", "tune.enqueue=[{train.lr: 1.0e-6}, {train.lr: 1.0e-2}]"]
+    result = CliRunner().invoke(app, ["tune", str(project / "cfg.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    cfg = config(project, *args)
+    sd = study_dir(cfg)
+    study = study_of(cfg)
+    assert study.best_trial.number == 1 and study.trials[0].values[0] > study.trials[1].values[0]
+    start = RunDir(sd.trials_dir / "0")   # kept its weights (keep_weights: best) and was evaluated on test
+    assert start.best.exists() and "finetuned" in start.metrics()["test"]
+    assert "zero_shot" not in start.metrics()["test"]   # the baselines ran once, for the best
+    assert "| start: tune.enqueue[0] (trial 0) |" in result.output and "| best (trial 1) |" in result.output
+    assert "Best - start on the test set:" in result.output and " p = " in result.output
+    html = sd.report_html.read_text()
+    assert "The best config vs the config the search started from" in html and "Best - start on the test set:" in html
+    # Without the starting trial's weights (e.g. trained on another machine) it is trained once more.
+    import shutil
+    shutil.rmtree(start.best)
+    result = CliRunner().invoke(app, ["tune", str(project / "cfg.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    again = RunDir(sd.path / sd.start_name)
+    assert "finetuned" in again.metrics()["test"] and "Best - start on the test set:" in result.output
+
+
+def test_the_banking77_tune_starts_from_the_shipped_demo_config():
+    from test_examples import EXAMPLES
+    from tunelab.config import dump_config
+    from tunelab.tune.space import trial_config
+
+    tune = load_config(EXAMPLES / "banking77" / "tune.yaml")
+    demo = load_config(EXAMPLES / "banking77" / "config.yaml")
+    start = dump_config(trial_config(tune, tune.tune.enqueue[0], demo.runs_dir, demo.name))
+    start.pop("tune")
+    shipped = dump_config(demo)
+    shipped.pop("tune")
+    assert start == shipped   # trial 0 trains exactly the shipped demo
+    assert tune.task == "classification" and tune.tune.pruner == "median" and tune.train.eval_every == 100
 
 
 def test_the_report_embeds_optunas_four_views_of_a_study():
@@ -244,10 +286,14 @@ def test_the_report_embeds_optunas_four_views_of_a_study():
 
 
 def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
-    from test_examples import EXAMPLES, _banking_copy
+    from test_examples import CLASSES, EXAMPLES, _banking_copy
+    from tiny import tiny_llama
 
     data = _banking_copy(tmp_path)
-    args = [f"model.name={project / 'tiny-llama'}", f"runs_dir={tmp_path / 'runs'}", f"data.train={data['train']}",
+    # The demo's decoder classifier cut to its first layers, on a tiny decoder cut the same way.
+    model = tiny_llama(tmp_path / "llama-cls", num_labels=CLASSES, layers=3)
+    args = ["model.layers=2", "method.freeze_below=1", f"model.name={model}", f"runs_dir={tmp_path / 'runs'}",
+            f"data.train={data['train']}",
             f"data.test={data['test']}", "data.train_limit=24", "train.max_steps=2", "train.batch_size=4",
             "train.eval_every=1", "eval.max_test=8", "eval.baseline_per_class=1", "eval.forgetting=false",
             "eval.few_shot_k=2", "eval.bootstrap_samples=100", "eval.batch_size=8", "tune.n_trials=2"]
@@ -257,3 +303,6 @@ def test_the_banking77_study_runs_at_tiny_scale(project, tmp_path):
     trials = study_of(cfg).trials
     assert trials[0].params == cfg.tune.enqueue[0]            # the demo's own values are tried first
     assert load_config(study_dir(cfg).best_config_path).method.name == "lora"
+    assert "2 configurations were tried" in result.output
+    assert "| best (trial " in result.output and ("| start: tune.enqueue[0] (trial 0) |" in result.output
+                                                   or "is the starting config itself" in result.output)

@@ -77,7 +77,7 @@ class TuneConfig(Section):
     study_name: str | None = Field(None, description="Name of the study in the storage and of the study folder under runs_dir (default: `<name>-tune`).")
     also_minimize: list[Literal["trainable_params", "latency_ms"]] = Field(default_factory=list, description="Multi-objective mode: also minimise trainable parameters and/or validation latency (ms per example); the report shows the Pareto set and best_config.yaml is the Pareto trial with the best objective. Pruning is off in this mode.")
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="Parameter sets (space key -> value) tried first when the study is created, e.g. the values of the config you have now, so the search starts from a known point and its best is at least that point's.")
-    keep_weights: Literal["best", "all"] = Field("best", description="Which trials keep their trained weights (best/, last/): only the study's best trial (disk stays bounded), or all.")
+    keep_weights: Literal["best", "all"] = Field("best", description="Which trials keep their trained weights (best/, last/): only the study's best trial and the starting config's (tune.enqueue[0], which the best is compared with on the test set) so disk stays bounded, or all.")
     heartbeat_s: int = Field(60, ge=1, description="Workers record a heartbeat this often; a trial whose heartbeat is 2x older (its machine died) is marked failed and retried. Dead workers on this machine are detected at once.")
 
     @field_validator("space", mode="before")

@@ -759,6 +759,7 @@ class StudyDir:
           trials/<n>/        one ordinary run folder per trial (config.yaml, status.json, metrics, best/ ...)
           workers/<i>.log    what each worker process printed (--workers N)
           final/             the best config trained once more, when no trial's weights could be reused
+          start/             the starting config (tune.enqueue[0]) trained once more, when its trial's weights are gone
           best_config.yaml   the best trial's config, runnable with `tunelab run`
           trials.csv         one row per trial: number, state, values, parameters, steps, folder
           tune_report.html   optimisation plots and the final comparison table
@@ -782,6 +783,8 @@ class StudyDir:
     def workers_dir(self) -> Path: return self.path / "workers"
     @property
     def final_name(self) -> str: return "final"
+    @property
+    def start_name(self) -> str: return "start"
     @property
     def best_config_path(self) -> Path: return self.path / "best_config.yaml"
     @property

@@ -55,7 +55,8 @@ def load(run_dir: Path) -> Evaluated:
     return Evaluated(rd.path.name, cfg.method.name, cfg.model.name, entry, preds, cfg.eval.bootstrap_samples)
 
 
-def _cell(entry: dict, name: str) -> str:
+def cell(entry: dict, name: str) -> str:
+    """One metric of a metrics entry with its 95% interval ('-' when absent)."""
     value = entry.get(name)
     if not isinstance(value, (int, float)):
         return "-"
@@ -68,7 +69,7 @@ def metrics_table(runs: list[Evaluated]) -> str:
     cols = [m for m in HEADLINE if any(m in r.metrics for r in runs)]
     lines = ["| run | method | model | " + " | ".join(cols) + " | n |", "|---" * (len(cols) + 4) + "|"]
     for r in runs:
-        cells = " | ".join(_cell(r.metrics, m) for m in cols)
+        cells = " | ".join(cell(r.metrics, m) for m in cols)
         lines.append(f"| {r.label} | {r.method} | {r.model} | {cells} | {r.metrics.get('n', '-')} |")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from tunelab import pipeline
 from tunelab.config import Config, dump_config
 from tunelab.core.rundir import RunDir, StudyDir, atomic_write_text, is_complete_model
 from tunelab.report.markdown import comparison_table
-from tunelab.tune import report
+from tunelab.tune import report, versus
 from tunelab.tune.objective import Objective
 from tunelab.tune.space import decode_params, trial_config
 from tunelab.tune.study import best_trial, counts, study_name
@@ -59,12 +59,16 @@ def finish(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Objective)
     else:
         log.info(f"final: training the best config (trial {best.number}) once more in {sd.path / sd.final_name}")
         final_rd = pipeline.run(trial_config(cfg, params, str(sd.path), sd.final_name), overwrite=True)
+    start = versus.compare_with_start(cfg, sd, study, best, final_rd,
+                                      lambda rd, c: reusable(rd, c, NOT_THE_MODEL + (("eval",),)))
     report.write_trials_csv(cfg, sd, study, objective)
-    path = report.write_report(cfg, sd, study, objective, final_rd)
+    path = report.write_report(cfg, sd, study, objective, final_rd, start)
     c = counts(study)
-    log.info(f"tried {c['complete'] + c['pruned']} configurations ({c['complete']} complete, {c['pruned']} pruned, "
-             f"{c['fail']} failed); best {objective.name} on validation {best.values[0]:.4f} (trial {best.number})")
+    log.info(f"{c['complete'] + c['pruned']} configurations were tried ({c['complete']} complete, {c['pruned']} "
+             f"pruned, {c['fail']} failed); best {objective.name} on validation {best.values[0]:.4f} (trial {best.number})")
     log.info("\n" + comparison_table(final_rd.metrics()))
+    if start is not None:
+        log.info("the best config vs the one the search started from:\n" + start.table(objective))
     log.info(f"best config: {sd.best_config_path}\ntune report: {path}")
     return final_rd
 
@@ -79,11 +83,11 @@ def _without(raw: dict, keys=NOT_THE_MODEL) -> dict:
     return raw
 
 
-def reusable(rd: RunDir, best_cfg: Config) -> bool:
-    """True when `rd` completed training with the best config and still holds its complete weights."""
+def reusable(rd: RunDir, best_cfg: Config, keys=NOT_THE_MODEL) -> bool:
+    """True when `rd` completed training with `best_cfg` (up to `keys`) and still holds its complete weights."""
     if not rd.is_run() or rd.stage_state("train") != "complete" or not is_complete_model(rd.best):
         return False
-    return _without(rd.raw_config()) == _without(dump_config(best_cfg))
+    return _without(rd.raw_config(), keys) == _without(dump_config(best_cfg), keys)
 
 
 def write_best_config(sd: StudyDir, best_cfg: Config, study: optuna.Study, best: optuna.trial.FrozenTrial,

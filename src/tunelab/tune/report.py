@@ -26,6 +26,7 @@ from tunelab.report.plots import data_uri
 from tunelab.tune.objective import Objective
 from tunelab.tune.space import decode_params
 from tunelab.tune.study import best_trial, counts
+from tunelab.tune.versus import Versus
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ def plots(study: optuna.Study, objective: Objective, names: list[str]) -> list[d
     return out
 
 
-def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Objective, final_rd: RunDir):
-    """Render tune_report.html; return its path."""
+def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Objective, final_rd: RunDir,
+                 start: Versus | None = None):
+    """Render tune_report.html (`start`: the best vs the starting config, when the study has one); return its path."""
     names = value_names(cfg, objective)
     best: FrozenTrial = best_trial(study)
     header, rows = trial_rows(study, names)
@@ -117,14 +119,22 @@ def write_report(cfg: Config, sd: StudyDir, study: optuna.Study, objective: Obje
         sampler=cfg.tune.sampler, pruner=cfg.tune.pruner if not cfg.tune.also_minimize else "none (multi-objective)",
         objective=objective.name, direction=objective.direction, names=names, counts=counts(study),
         best={"number": best.number, "values": dict(zip(names, best.values)), "params": decode_params(best.params)},
-        nav=[{"href": f"#{i}", "label": t} for i, t in (("summary", "Summary"), ("test", "Best config on the test set"),
-                                                         ("search", "Search"), ("trials", "Trials"), ("space", "Space"))],
+        nav=[{"href": f"#{i}", "label": t} for i, t in (("summary", "Summary"), *([("versus", "Best vs start")] if start else []),
+                                                         ("test", "Best config on the test set"), ("search", "Search"),
+                                                         ("trials", "Trials"), ("space", "Space"))],
         final_sections=[final["summary"], final["test"]], plots=plots(study, objective, names),
-        header=header, rows=rows, pareto=pareto, final_report=_relative(final_rd.report_html, sd),
+        header=header, rows=rows, pareto=pareto, versus=_versus(start, objective), final_report=_relative(final_rd.report_html, sd),
         best_config=_relative(sd.best_config_path, sd), best_config_text=sd.best_config_path.read_text(encoding="utf-8"),
         space=yaml.safe_dump({k: v.model_dump(exclude_none=True) for k, v in cfg.tune.space.items()}, sort_keys=False))
     atomic_write_text(sd.report_html, html)
     return sd.report_html
+
+
+def _versus(start: Versus | None, objective: Objective) -> dict | None:
+    """The best-vs-start rows and the paired test's sentence for the template."""
+    if start is None:
+        return None
+    return {"metric": start.metric(objective), "rows": start.rows(objective), "verdict": start.verdict()}
 
 
 def _relative(path, sd: StudyDir) -> str:

@@ -27,6 +27,7 @@ from tunelab.tune.space import check_values
 from tunelab.tune.study import (best_trial, counts, open_study, recover_interrupted, retry_now, study_dir,
                                 target)
 from tunelab.tune.trial import Surplus, TrialRunner, keep_best_weights
+from tunelab.tune.versus import start_trial
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def work(runner: TrialRunner, until: float | None, after_trial) -> None:
             raise
         best = best_trial(study)
         if runner.cfg.tune.keep_weights == "best":
-            keep_best_weights(study, runner.sd, best.number if best else None)
+            start = start_trial(runner.cfg, study)
+            keep_best_weights(study, runner.sd, {t.number for t in (best, start) if t is not None})
         after_trial()
 
 

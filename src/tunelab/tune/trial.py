@@ -123,16 +123,17 @@ def _link_tree(src, dst) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def keep_best_weights(study: optuna.Study, sd: StudyDir, best_number: int | None) -> None:
-    """Remove best/ and last/ of every finished trial on this machine except the study's best (tune.keep_weights)."""
+def keep_best_weights(study: optuna.Study, sd: StudyDir, keep: set[int]) -> None:
+    """Remove best/ and last/ of every finished trial on this machine except those in `keep` (tune.keep_weights:
+    the study's best, and the starting config's trial, which the final step compares the best with)."""
     if not sd.trials_dir.is_dir():
         return
     finished = {t.number for t in study.get_trials(deepcopy=False, states=ENDED)}
-    for number in sorted(finished - {best_number}):
+    for number in sorted(finished - keep):
         rd = sd.trial(number)
         removed = [p.name for p in (rd.best, rd.last) if p.exists()]
         for p in (rd.best, rd.last):
             shutil.rmtree(p, ignore_errors=True)
         if removed and rd.metrics_json.is_file():
-            rd.update_metrics("tune", {"weights_removed": "only the study's best trial keeps its weights (tune.keep_weights)"})
+            rd.update_metrics("tune", {"weights_removed": "only the study's best and starting trials keep their weights (tune.keep_weights)"})
 
