@@ -42,7 +42,7 @@ def demo(tmp_path_factory):
     other = RunDir(runs / f"{src.name}-r8")
     shutil.copytree(src.path, other.path)
     raw = src.raw_config()
-    raw["name"], raw["runs_dir"] = other.name, str(runs)
+    raw["name"] = other.name
     raw["method"]["r"], raw["train"]["lr"] = 8, raw["train"]["lr"] * 2
     other.write_config(config_from_dict(raw))
     return {"runs": runs, "run": RunDir(runs / src.name), "other": other}
@@ -125,7 +125,7 @@ def test_compare(page, server, demo):
     page.click("#compare-selected")
     page.wait_for_url("**/ui/compare?**")
     diff = page.locator("#diff").inner_text()
-    assert "method.r" in diff and "train.lr" in diff and "data.train" not in diff
+    assert "method.r" in diff and "train.lr" in diff and "data.train" not in diff and "runs_dir" not in diff
     assert page.locator("#metrics-table tbody tr").count() == 2
     page.wait_for_function("() => +document.querySelector('#chart-loss').dataset.points > 0", timeout=60_000)
     shot(page, "demo-06-compare", full=True)
