@@ -14,14 +14,16 @@ Then it times, on the product's code path:
      one summary.json and four stats per run);
   2. a real `tunelab ui` subprocess started over the folder, signed in with an API key: `GET /ui/runs`
      end to end over loopback (server read + render + transfer), the first request after the server
-     answers /health (it waits for the start-up scan of every run, begun when the server started; no
-     `_ui/index.json` exists yet);
+     answers /health (it waits up to 0.7 s for the start-up scan of every run, begun when the server
+     started, then shows the rows read so far: the rows shown are printed and count toward the goal;
+     no `_ui/index.json` exists yet);
   3. the dashboard restarted over the same folder (it reads the index file `<runs>/_ui/index.json` the
      first one left and re-checks each run's stamps): the first page, `--repeats` more (rows cached by
      stamps), then a sorted and filtered view.
 The files are in the OS page cache (just written), as on a machine where the runs were recently made or
 listed. Folders made by a tunelab older than the summary file are summarized from their YAML config and
-metrics.json once (seconds for 1,000 such runs) and get their summary file then; that case is not timed.
+metrics.json once (seconds for 1,000 such runs; meanwhile the runs page shows the rows read so far and
+refreshes itself) and get their summary file then; that case is not timed.
 There is no peer (no other tool serves this page); the ratio printed is the goal over the measured time
 (> 1 meets it).
 """
@@ -183,20 +185,20 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    assert rows == args.runs, f"the page showed {rows} of {args.runs} runs"
     p50, worst = statistics.median(warm), max(warm)
     load = os.getloadavg()[0]
     print(f"{args.runs} run folders (made in {made:.1f}s); load average {load:.1f} on {os.cpu_count()} cores")
     print(f"index scan of the never-seen folder, in process (one summary.json + 4 stats per run): {scanned:.3f}s")
-    print(f"GET /ui/runs  never-seen folder (start-up scan of every run): {first:.3f}s")
+    print(f"GET /ui/runs  never-seen folder (start-up scan of every run): {first:.3f}s, {rows} of {args.runs} rows shown"
+          + ("" if rows == args.runs else " (the scan was still running: the page showed the rows read so far)"))
     print(f"GET /ui/runs  after a restart: first {cold:.3f}s, then p50 {p50:.3f}s, worst {worst:.3f}s of {args.repeats}")
     print(f"GET /ui/runs  sorted + filtered ({shown} rows): {view:.3f}s")
-    met = max(first, cold, worst) <= GOAL_S
+    met = max(first, cold, worst) <= GOAL_S and rows == args.runs
     print(f"goal {GOAL_S:.1f}s: ratio goal/measured never-seen folder {GOAL_S / first:.2f}, after a restart "
           f"{GOAL_S / cold:.2f}, warm {GOAL_S / p50:.2f} ({'met' if met else 'NOT met'})")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:
-            json.dump({"runs": args.runs, "index_scan_s": round(scanned, 4), "first_scan_s": round(first, 4), "cold_s": round(cold, 4), "warm_p50_s": round(p50, 4),
+            json.dump({"runs": args.runs, "index_scan_s": round(scanned, 4), "first_scan_s": round(first, 4), "first_rows": rows, "cold_s": round(cold, 4), "warm_p50_s": round(p50, 4),
                        "warm_max_s": round(worst, 4), "filtered_s": round(view, 4), "goal_s": GOAL_S,
                        "load_average": round(load, 2)}, f)
 

@@ -5,6 +5,8 @@ damaged or stale (the dashboard then stores it, so its next scan reads one small
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import pytest
 
@@ -87,3 +89,28 @@ def test_a_copied_run_folder_reports_its_own_name(runs):
     shutil.copytree(runs / "intents-a", runs / "intents-copy")   # copytree keeps mtimes: the file stays in step
     row = RunDir(runs / "intents-copy").read_summary()
     assert row is not None and row["name"] == "intents-copy"
+
+
+def test_the_runs_page_shows_what_a_long_scan_has_read_so_far(runs, monkeypatch):
+    release, calls = threading.Event(), []
+    real = index.read_row
+
+    def slow(rd, stamp=None):                      # the second folder takes as long as the test wants
+        calls.append(rd.name)
+        if len(calls) == 2:
+            release.wait(60)
+        return real(rd, stamp)
+
+    monkeypatch.setattr(index, "read_row", slow)
+    idx = index.RunIndex(runs, persist=False)
+    scan = threading.Thread(target=idx.summaries)  # the dashboard's start-up scan
+    scan.start()
+    try:
+        t = time.monotonic()
+        rows, left = idx.summaries_within(0.3)
+        assert time.monotonic() - t < 5 and left >= 1 and [s.name for s in rows] == calls[:1]
+    finally:
+        release.set()
+        scan.join(60)
+    rows, left = idx.summaries_within(5)
+    assert left == 0 and sorted(s.name for s in rows) == ["intents-a", "intents-b"]

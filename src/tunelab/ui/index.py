@@ -6,8 +6,10 @@ index reads that one small file per run and checks its stamps against four `stat
 summary file is missing or stale (made by an older tunelab, or edited since) is summarized from its files
 (YAML config and a metrics.json that holds, at Banking77 size, 77x77 confusion matrices), and its summary
 file is then written so the next scan is cheap. Afterwards a request costs one `stat` per file per run:
-a row is re-read only when one of its files changed. `benchmarks/ui_runs_page.py` times the page over
-1,000 run folders written by RunDir: a dashboard that has never seen them, and one restarted.
+a row is re-read only when one of its files changed. The runs page does not wait long for a scan
+(`RunIndex.summaries_within`): while a first scan of old folders is running it shows the rows read so
+far. `benchmarks/ui_runs_page.py` times the page over 1,000 run folders written by RunDir: a dashboard
+that has never seen them, and one restarted.
 """
 
 from __future__ import annotations
@@ -55,13 +57,14 @@ class RunIndex:
         # everything cached, instead of parsing every run a second time beside it.
         self._scan = threading.Lock()
         self._writable = True
+        self._left = 0   # folders the running scan has still to look at
 
     def _load(self) -> dict[str, tuple[tuple, Summary]]:
         if self.index_path is None:
             return {}
         try:
             doc = read_json(self.index_path)
-            return {name: (_tuple(e["stamp"]), Summary(**e["summary"])) for name, e in doc.get("runs", {}).items()}
+            return {name: (_tuple(e["stamp"]), Summary.from_dict(e["summary"])) for name, e in doc.get("runs", {}).items()}
         except (RunDirError, KeyError, TypeError) as e:
             log.warning(f"{self.index_path}: not used ({e}); the runs are read again")
             return {}
@@ -91,9 +94,24 @@ class RunIndex:
         with self._scan:
             return self._summaries()
 
+    def summaries_within(self, wait_s: float) -> tuple[list[Summary], int]:
+        """Every run's summary if a scan ends within `wait_s`; otherwise the rows known so far (read by the running
+        scan, or kept in the index file) and how many folders that scan has still to read (0: the rows are complete).
+
+        A page served this way never waits for a long first scan (folders made by a tunelab without summary files)."""
+        if self._scan.acquire(timeout=wait_s):
+            try:
+                return self._summaries(), 0
+            finally:
+                self._scan.release()
+        with self._lock:
+            return [s for _, s in self._cache.values()], max(self._left, 1)
+
     def _summaries(self) -> list[Summary]:
         out, seen, changed = [], set(), False
-        for rd in self.run_dirs():
+        dirs = self.run_dirs()
+        for i, rd in enumerate(dirs):
+            self._left = len(dirs) - i
             stamp = rd.summary_stamp()
             # A study folder has a config.yaml but no status.json: only folders without one pay for the check.
             if stamp[_STATUS] is None and StudyDir(rd.path).is_study():
@@ -110,6 +128,7 @@ class RunIndex:
                     self._cache[rd.name] = hit
             out.append(hit[1])
             seen.add(rd.name)
+        self._left = 0
         with self._lock:
             gone = set(self._cache) - seen
             for name in gone:
