@@ -67,6 +67,13 @@ def test_a_missing_damaged_or_stale_summary_is_read_from_the_run_files(runs):
     assert summarized and row.metric_value == 0.123
 
 
+def test_odd_metrics_name_the_problem_and_never_fail_the_writer(runs):
+    rd = RunDir(runs / "intents-a")
+    rd.set_metrics("test", {"finetuned": {"accuracy": 0.9}, "zero_shot": {"accuracy": "n/a"}})   # no exception
+    row = rd.read_summary()
+    assert row["status"] == "complete" and "metrics.json" in row["problem"] and "TypeError" in row["problem"]
+
+
 def test_the_index_reads_summary_files_and_stores_missing_ones(runs, monkeypatch):
     (runs / "_ui").mkdir()                                     # the dashboard's own folder is not a run
     RunDir(runs / "intents-b").summary_path.unlink()

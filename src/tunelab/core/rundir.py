@@ -347,12 +347,13 @@ class RunDir:
             return None
         from tunelab.report.summary import summarize   # the report package imports this module
         before = self.summary_stamp()
-        row = summarize(self).as_dict()
-        if self.summary_stamp() == before:
-            try:
+        try:
+            row = summarize(self).as_dict()
+            if self.summary_stamp() == before:
                 self.write_summary(row, before)
-            except RunDirError as e:
-                log.warning(f"{self.summary_path} not written: {e}")
+        except Exception as e:   # a cache must never fail the stage writing the run's files; readers see it is stale
+            log.warning(f"{self.summary_path} not written: {type(e).__name__}: {e}")
+            return None
         return row
 
     def downloads(self) -> dict[str, Path]:

@@ -95,14 +95,21 @@ def summarize(rd: RunDir) -> Summary:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RunDirError) as e:
         s.problem = str(e)
         return s
+    try:
+        _metrics(s, metrics)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:   # a metrics.json edited by hand or half-migrated
+        s.problem = f"{rd.metrics_json}: {type(e).__name__}: {e}"
+    return s
+
+
+def _metrics(s: Summary, metrics: dict) -> None:
     train = metrics.get("train") or {}
     s.train_seconds, s.tokens_per_second = train.get("wall_seconds"), train.get("tokens_per_second")
     head = headline(metrics.get("test") or {})
     if head is None:
-        return s
+        return
     s.metric, s.metric_value, s.metric_ci = head["metric"], head["value"], head["ci"]
     best = _best_baseline(head)
     if best is not None:
         s.baseline, s.baseline_value, s.baseline_ci = best["name"], best["value"], best.get("ci")
         s.gain, s.p_value = _signed_gain(best), best.get("p")
-    return s
