@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from apps import chromium, create_key
-from browser import Console, shot
+from browser import chromium_page, shot
 from tunelab.config import config_from_dict
 from tunelab.core.rundir import RunDir
-from uiserver import Dashboard
+from uiserver import running
 
 DEMO = os.environ.get("TUNELAB_DEMO_RUN")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -50,33 +49,19 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(demo, tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo-ui")
-    keys_file = root / "keys.json"
-    key = create_key(keys_file)
-    dash = Dashboard(demo["runs"], keys_file, root / "ui.log", "--serve", str(demo["run"].path))
-    dash.key = key
-    try:
+    with running(demo["runs"], tmp_path_factory.mktemp("demo-ui"), "--serve", str(demo["run"].path)) as dash:
         yield dash
-    finally:
-        dash.stop()
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.set_default_timeout(120_000)
-        pg.console = Console(pg)
+    with chromium_page() as pg:
         pg.goto(server.url + "/ui/login")
         shot(pg, "demo-00-sign-in", full=True)
         pg.fill("#api_key", server.key)
         pg.click("#signin")
         pg.wait_for_load_state()
         yield pg
-        browser.close()
 
 
 def test_runs_table(page, server, demo):
