@@ -1,17 +1,31 @@
-"""The dashboard's runs page over 1,000 run folders: goal ≤ 1 s per page, first (cold) request included.
+"""The dashboard's runs page over 1,000 run folders: goal <= 1 s per page, first request over never-seen folders included.
 
     python benchmarks/ui_runs_page.py [--runs 1000] [--repeats 10] [--json PATH]
 
 Builds one Banking77-sized evaluated run folder with `RunDir`'s own writers (config.yaml, status.json
 through the stage records, metrics.json with three systems x 77 classes: confusion matrices, per-class
-F1, intervals, paired tests; a 400-line metrics.jsonl), copies it `--runs` times with varied metrics and
-states, starts a real `tunelab ui` subprocess over the folder, signs in with an API key, and times
-`GET /ui/runs` end to end over loopback (server read + render + transfer): the first request (nothing
-cached), then `--repeats` more (summaries cached by the mtimes of each run's small files), then a
-sorted and filtered view. Two servers are timed: one over a folder it has never seen (the page waits for
-the start-up scan that reads every run), then one restarted over the same folder (it reads the index
-file `<runs>/_ui/index.json` the first one left, and re-checks each run's file stamps). There is no peer (no other tool serves this page); the ratio printed is the
-goal over the measured time (> 1 meets it).
+F1, intervals, paired tests; a 400-line metrics.jsonl; and, as every RunDir writer leaves it, the run's
+summary.json: its runs-table row with the stamps of the files it was computed from), copies it `--runs`
+times and gives each copy its own accuracy, outcome (failed and interrupted through a real stage record)
+and tags with RunDir's writers again, so each folder carries an up-to-date summary file as a real run does.
+
+Then it times, on the product's code path:
+  1. the index scan of the never-seen folder in this process (`RunIndex(persist=False).summaries()`:
+     one summary.json and four stats per run);
+  2. a real `tunelab ui` subprocess started over the folder, signed in with an API key: `GET /ui/runs`
+     end to end over loopback (server read + render + transfer), the first request after the server
+     answers /health (it waits up to 0.7 s for the start-up scan of every run, begun when the server
+     started, then shows the rows read so far: the rows shown are printed and count toward the goal;
+     no `_ui/index.json` exists yet);
+  3. the dashboard restarted over the same folder (it reads the index file `<runs>/_ui/index.json` the
+     first one left and re-checks each run's stamps): the first page, `--repeats` more (rows cached by
+     stamps), then a sorted and filtered view.
+The files are in the OS page cache (just written), as on a machine where the runs were recently made or
+listed. Folders made by a tunelab older than the summary file are summarized from their YAML config and
+metrics.json once (seconds for 1,000 such runs; meanwhile the runs page shows the rows read so far and
+refreshes itself) and get their summary file then; that case is not timed.
+There is no peer (no other tool serves this page); the ratio printed is the goal over the measured time
+(> 1 meets it).
 """
 
 from __future__ import annotations
@@ -66,23 +80,42 @@ def template_run(root: Path) -> Path:
 
 
 def populate(runs: Path, n: int) -> None:
-    """`n` copies of the template with their own accuracy, state and tags (so sorting and filtering have work)."""
-    from tunelab.core.rundir import RunDir, atomic_write_json
+    """`n` copies of the template with their own accuracy, outcome and tags (so sorting and filtering have work),
+    each changed through RunDir's writers (which keep the copy's summary file in step)."""
+    from tunelab.core.rundir import RunDir
 
     template = template_run(runs / ".template")
     rng = random.Random(1)
     for i in range(n):
         rd = RunDir(runs / f"run-{i:04d}")
         shutil.copytree(template, rd.path)
-        doc = rd.metrics()
-        doc["test"]["finetuned"]["accuracy"] = round(rng.uniform(0.6, 0.95), 4)
-        atomic_write_json(rd.metrics_json, doc)
-        st = rd.status()
-        st["status"] = rng.choice(["complete"] * 8 + ["failed", "interrupted"])
-        atomic_write_json(rd.status_path, st)
+        test = rd.metrics()["test"]
+        test["finetuned"]["accuracy"] = round(rng.uniform(0.6, 0.95), 4)
+        rd.set_metrics("test", test)
+        outcome = rng.choice(["complete"] * 8 + ["failed", "interrupted"])
+        if outcome != "complete":
+            try:
+                with rd.stage("report", fresh=False, derived=()):
+                    raise KeyboardInterrupt() if outcome == "interrupted" else RuntimeError("report: disk full")
+            except (KeyboardInterrupt, RuntimeError):
+                pass
         if i % 10 == 0:
             rd.set_tags(["sweep", f"group-{i % 3}"])
     shutil.rmtree(template.parent)
+
+
+def scan(runs: Path, n: int) -> float:
+    """One index scan of the folder in this process, nothing cached; checks every row came from its summary file."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.ui.index import RunIndex
+
+    t = time.perf_counter()
+    rows = RunIndex(runs, persist=False).summaries()
+    took = time.perf_counter() - t
+    assert len(rows) == n, f"the index found {len(rows)} of {n} runs"
+    stale = [s.name for s in rows[:: max(n // 50, 1)] if RunDir(runs / s.name).read_summary() != s.as_dict()]
+    assert not stale, f"rows not read from an up-to-date summary file: {stale[:5]}"
+    return took
 
 
 def free_port() -> int:
@@ -134,6 +167,7 @@ def main() -> None:
         made = time.perf_counter() - t
         key = subprocess.run([sys.executable, "-m", "tunelab.cli", "keys", "create", "bench", "--keys-file", str(keys)],
                              capture_output=True, text=True, check=True).stdout.strip()
+        scanned = scan(runs, args.runs)
         # 1. A runs folder the dashboard has never seen: the page waits for the start-up scan of every run.
         proc, url = start(runs, keys, Path(tmp) / "ui.log")
         try:
@@ -151,18 +185,20 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    assert rows == args.runs, f"the page showed {rows} of {args.runs} runs"
     p50, worst = statistics.median(warm), max(warm)
     load = os.getloadavg()[0]
     print(f"{args.runs} run folders (made in {made:.1f}s); load average {load:.1f} on {os.cpu_count()} cores")
-    print(f"GET /ui/runs  never-seen folder (start-up scan of every run): {first:.3f}s")
+    print(f"index scan of the never-seen folder, in process (one summary.json + 4 stats per run): {scanned:.3f}s")
+    print(f"GET /ui/runs  never-seen folder (start-up scan of every run): {first:.3f}s, {rows} of {args.runs} rows shown"
+          + ("" if rows == args.runs else " (the scan was still running: the page showed the rows read so far)"))
     print(f"GET /ui/runs  after a restart: first {cold:.3f}s, then p50 {p50:.3f}s, worst {worst:.3f}s of {args.repeats}")
     print(f"GET /ui/runs  sorted + filtered ({shown} rows): {view:.3f}s")
-    print(f"goal {GOAL_S:.1f}s: ratio goal/measured after a restart {GOAL_S / cold:.2f}, warm {GOAL_S / p50:.2f} "
-          f"({'met' if max(cold, worst) <= GOAL_S else 'NOT met'}); never-seen folder {GOAL_S / first:.2f}")
+    met = max(first, cold, worst) <= GOAL_S and rows == args.runs
+    print(f"goal {GOAL_S:.1f}s: ratio goal/measured never-seen folder {GOAL_S / first:.2f}, after a restart "
+          f"{GOAL_S / cold:.2f}, warm {GOAL_S / p50:.2f} ({'met' if met else 'NOT met'})")
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:
-            json.dump({"runs": args.runs, "first_scan_s": round(first, 4), "cold_s": round(cold, 4), "warm_p50_s": round(p50, 4),
+            json.dump({"runs": args.runs, "index_scan_s": round(scanned, 4), "first_scan_s": round(first, 4), "first_rows": rows, "cold_s": round(cold, 4), "warm_p50_s": round(p50, 4),
                        "warm_max_s": round(worst, 4), "filtered_s": round(view, 4), "goal_s": GOAL_S,
                        "load_average": round(load, 2)}, f)
 

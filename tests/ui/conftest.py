@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from apps import chromium, create_key
-from browser import Console, sign_in
+from browser import chromium_page, sign_in
 from tiny import INTENTS, tiny_llama
-from uiserver import Dashboard
+from uiserver import running
 
 
 def write_data(folder: Path) -> dict[str, Path]:
@@ -81,28 +80,14 @@ def dashboard(lab, tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     runs = root / "runs"
     shutil.copytree(lab["runs"], runs)
-    keys_file = root / "keys.json"
-    key = create_key(keys_file)
-    dash = Dashboard(runs, keys_file, root / "ui.log")
-    dash.key, dash.lab, dash.keys_file = key, lab, keys_file
-    try:
+    with running(runs, root) as dash:
+        dash.lab = lab
         yield dash
-    finally:
-        dash.stop()
 
 
 @pytest.fixture(scope="module")
 def page(dashboard):
     """A signed-in Chromium page on the module's dashboard; `page.console.errors` collects console errors."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        # Validate waits for a `tunelab validate` child process (it imports torch and the tokenizer): on a
-        # loaded 2-core machine that took over Playwright's default 30 s (load 26, measured).
-        pg.set_default_timeout(120_000)
-        pg.console = Console(pg)
+    with chromium_page() as pg:
         sign_in(pg, dashboard.url, dashboard.key)
         yield pg
-        browser.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
-from apps import AppServer, free_port
+from apps import AppServer, create_key, free_port
 
 
 class Dashboard(AppServer):
@@ -25,3 +27,16 @@ class Dashboard(AppServer):
         r = c.post("/ui/login", data={"api_key": key, "csrf_token": token})
         assert r.status_code == 303, r.text
         return c
+
+
+@contextmanager
+def running(runs: Path, root: Path, *extra: str) -> Iterator[Dashboard]:
+    """A `tunelab ui RUNS` subprocess with a new API key (`.key`, `.keys_file`, kept in `root`), stopped on exit."""
+    keys_file = root / "keys.json"
+    key = create_key(keys_file)
+    dash = Dashboard(runs, keys_file, root / "ui.log", *extra)
+    dash.key, dash.keys_file = key, keys_file
+    try:
+        yield dash
+    finally:
+        dash.stop()

@@ -20,8 +20,9 @@ from tunelab.core.errors import RunDirError
 LEFTOVER_TAGS = (".tmp-", ".partial-", ".old-", ".trash-")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and an atomic rename.
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write `data` to `path` through a temp file in the same folder and an atomic rename; `durable`: fsync
+    first (a cache that can be recomputed, e.g. a run's summary file, skips it: ~ms per file on a disk).
 
     Raises:
         RunDirError: the folder is not writable (read-only, full disk); the message names the path.
@@ -33,7 +34,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -41,13 +43,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise RunDirError(f"cannot write {path}: {e.strerror or e}") from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
     """Write `text` (UTF-8) to `path` through a temp file in the same folder and an atomic rename."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), durable)
 
 
-def atomic_write_json(path: Path, doc: Any, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(doc, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path: Path, doc: Any, indent: int | None = 2, durable: bool = True) -> None:
+    atomic_write_text(path, json.dumps(doc, indent=indent, ensure_ascii=False) + "\n", durable)
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:

@@ -16,6 +16,7 @@ Layout (`data/` may also stand alone, e.g. for `tunelab validate`: see `DataDir`
     monitor/{status.json,report.html,windows.jsonl,candidates.jsonl,reference.json}  retrain_recommendation.json
     retrain/ (a challenger's data)  retrain.json (its comparison with the champion)  promoted.json
     tags.json (labels a person gave the run in the dashboard)
+    summary.json (the run's runs-table row, rewritten by every writer of config/status/metrics/tags)
 
 Beside the run folders, `tunelab serve` keeps its request log in `<runs folder>/_serving/` (see
 `request_log_path`), and the dashboard (`tunelab ui`) its uploads, the configs it started and its job
@@ -293,10 +294,67 @@ class RunDir:
     def mlflow_db(self) -> Path: return self.path.parent / "mlflow.db"   # shared by the runs of one folder
     @property
     def tags_path(self) -> Path: return self.path / "tags.json"
+    @property
+    def summary_path(self) -> Path: return self.path / "summary.json"   # the row below, with its sources' stamps
 
     def summary_files(self) -> tuple[Path, ...]:
-        """The small files a one-line summary of the run is read from (the dashboard caches by their mtimes)."""
+        """The small files a one-line summary of the run is computed from (the dashboard caches by their stamps)."""
         return (self.config_path, self.status_path, self.metrics_json, self.tags_path)
+
+    def summary_stamp(self) -> tuple:
+        """(mtime_ns, size) of each of `summary_files()`, None for an absent one: changes whenever the row may."""
+        out = []
+        for p in self.summary_files():
+            try:
+                st = os.stat(p)
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def read_summary(self, stamp: tuple | None = None) -> dict | None:
+        """summary.json's row when it was computed from the files as they are now (`stamp`, default read
+        here), else None (absent, damaged, or stale: a file changed after it, e.g. by an older tunelab or by
+        hand). A `running` row whose process is gone reads `interrupted`, as `state()` does."""
+        try:
+            doc = read_json(self.summary_path)
+        except RunDirError:
+            return None
+        row = doc.get("row")
+        recorded = doc.get("sources")
+        if not isinstance(row, dict) or not isinstance(recorded, list):
+            return None
+        if tuple(tuple(x) if isinstance(x, list) else x for x in recorded) != (stamp or self.summary_stamp()):
+            return None
+        row = {**row, "name": self.name}   # a copied folder keeps its summary file, not its old name
+        if row.get("status") == "running" and not _alive(doc.get("pid"), doc.get("host")):
+            row["status"] = "interrupted"
+        return row
+
+    def write_summary(self, row: dict, stamp: tuple) -> None:
+        """Store the runs-table `row` computed from the files whose `summary_stamp()` was `stamp`."""
+        st = self.status() if self.status_path.is_file() else {}
+        atomic_write_json(self.summary_path, {"sources": stamp, "pid": st.get("pid"), "host": st.get("host"),
+                                              "row": row}, indent=None, durable=False)
+
+    def refresh_summary(self) -> dict | None:
+        """Recompute and store the runs-table row (every writer of its source files calls this); returns it.
+
+        The row is stored only when no source changed while it was computed (another writer then stores
+        its own). A failure to store is logged, never raised: the row is a cache of the run's own files.
+        """
+        if not is_main_process():
+            return None
+        from tunelab.report.summary import summarize   # the report package imports this module
+        before = self.summary_stamp()
+        try:
+            row = summarize(self).as_dict()
+            if self.summary_stamp() == before:
+                self.write_summary(row, before)
+        except Exception as e:   # a cache must never fail the stage writing the run's files; readers see it is stale
+            log.warning(f"{self.summary_path} not written: {type(e).__name__}: {e}")
+            return None
+        return row
 
     def downloads(self) -> dict[str, Path]:
         """The run's files a person may download, by file name (only those present)."""
@@ -394,6 +452,7 @@ class RunDir:
         """Write the resolved config with tunelab's version, git sha and creation time."""
         meta = {"tunelab_version": __version__, "git_sha": git_sha(), "created": _now()}
         atomic_write_text(self.config_path, yaml.safe_dump({**dump_config(cfg), "_meta": meta}, sort_keys=False))
+        self.refresh_summary()
 
     def raw_config(self) -> dict:
         """config.yaml as written, without its `_meta` block."""
@@ -435,6 +494,7 @@ class RunDir:
     def _write_status(self, st: dict) -> None:
         st["updated"] = _now()
         atomic_write_json(self.status_path, st)
+        self.refresh_summary()
 
     def invalidate(self, stages: Iterable[str]) -> list[str]:
         """Remove the outputs (files, folders, metrics.json sections) and the status entries of `stages`."""
@@ -457,6 +517,7 @@ class RunDir:
         if gone:
             atomic_write_json(self.metrics_json, {k: v for k, v in doc.items() if k not in gone})
             removed += [f"metrics.json:{s}" for s in gone]
+            self.refresh_summary()
         if removed:   # said, so a user who finds them gone knows why (never left beside a newer result)
             log.info(f"removed the earlier {', '.join(removed)} of {self.name}")
         st = self.status()
@@ -670,6 +731,7 @@ class RunDir:
         doc = self.metrics()
         doc.setdefault(section, {}).update(values)
         atomic_write_json(self.metrics_json, doc)
+        self.refresh_summary()
         return doc
 
     def set_metrics(self, section: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -677,6 +739,7 @@ class RunDir:
         doc = self.metrics()
         doc[section] = values
         atomic_write_json(self.metrics_json, doc)
+        self.refresh_summary()
         return doc
 
     def write_predictions(self, rows: Iterable[dict]) -> None:
@@ -718,6 +781,7 @@ class RunDir:
         """Replace the run's tags (stripped, de-duplicated, empty ones dropped)."""
         clean = list(dict.fromkeys(t.strip() for t in tags if t and t.strip()))
         atomic_write_json(self.tags_path, {"tags": clean})
+        self.refresh_summary()
         return clean
 
     def write_trainable(self, about: dict) -> None:

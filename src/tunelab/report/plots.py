@@ -122,8 +122,9 @@ def confusion_figure(labels: list[str], matrix: list[list[int]]):
 
 def f1_figure(f1: dict[str, float], order: list[str]):
     """Horizontal bars of the per-class F1, in `order`."""
-    fig, ax = figure(7, max(2.0, 0.16 * len(order)))
+    # 77 Banking77 classes at 0.16 in and 4 pt each were unreadable once scaled to a page's width.
+    fig, ax = figure(7, max(2.0, 0.2 * len(order)))
     ax.barh(range(len(order)), [f1[k] for k in order])
-    ax.set_yticks(range(len(order)), order, fontsize=max(4, 9 - len(order) // 15))
+    ax.set_yticks(range(len(order)), order, fontsize=max(5, 9 - len(order) // 20))
     ax.set_xlim(0, 1), ax.set_xlabel("F1 (fine-tuned)"), ax.grid(axis="x", alpha=0.3)
     return fig

@@ -1,9 +1,15 @@
-"""The runs table: one summary per run folder, read from its small files only and cached by their mtimes.
+"""The runs table: one summary row per run folder, read from the run's own summary file and cached by stamps.
 
-A summary comes from `config.yaml`, `status.json`, `metrics.json` and `tags.json` (never the
-weights, the predictions or the step log), so a folder of 1,000 runs is read once in well under a
-second and afterwards costs one `stat` per file per request: a summary is re-read only when one of
-its files changed (see `benchmarks/ui_runs_page.py`).
+Every run keeps its runs-table row in `summary.json` (`RunDir.refresh_summary`: rewritten by each writer of
+config.yaml, status.json, metrics.json and tags.json, with the (mtime, size) stamps of those files). The
+index reads that one small file per run and checks its stamps against four `stat`s; only a folder whose
+summary file is missing or stale (made by an older tunelab, or edited since) is summarized from its files
+(YAML config and a metrics.json that holds, at Banking77 size, 77x77 confusion matrices), and its summary
+file is then written so the next scan is cheap. Afterwards a request costs one `stat` per file per run:
+a row is re-read only when one of its files changed. The runs page does not wait long for a scan
+(`RunIndex.summaries_within`): while a first scan of old folders is running it shows the rows read so
+far. `benchmarks/ui_runs_page.py` times the page over 1,000 run folders written by RunDir: a dashboard
+that has never seen them, and one restarted.
 """
 
 from __future__ import annotations
@@ -11,126 +17,35 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, StudyDir, atomic_write_json, read_json
-from tunelab.report.html import headline
+from tunelab.report.summary import Summary, summarize
 
 log = logging.getLogger(__name__)
 
-# The summary needs only strings from config.yaml (task, model, method, created): the C base loader
-# builds no typed values and reads a config ~30% faster than the C safe loader (measured: 1.75 vs 2.5 ms
-# at load 11 on 2 cores); it is absent on builds without libyaml.
-_LOADER = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
-
 COLUMNS = ("name", "status", "task", "model", "method", "metric_value", "baseline_value", "gain", "train_seconds",
            "tokens_per_second", "created")
-
-
-@dataclass
-class Summary:
-    """One row of the runs table."""
-
-    name: str
-    status: str = "new"
-    stage: str | None = None
-    error: str | None = None
-    task: str = "?"
-    model: str = "?"
-    method: str = "?"
-    created: str = ""
-    updated: str = ""
-    metric: str | None = None          # the fine-tuned model's headline test metric
-    metric_value: float | None = None
-    metric_ci: list[float] | None = None
-    baseline: str | None = None        # the best baseline on that metric
-    baseline_value: float | None = None
-    baseline_ci: list[float] | None = None
-    gain: float | None = None          # fine-tuned minus best baseline (signed so that > 0 is better)
-    p_value: float | None = None       # fine-tuned vs that baseline (paired test)
-    train_seconds: float | None = None
-    tokens_per_second: float | None = None
-    tags: list[str] = field(default_factory=list)
-    problem: str | None = None         # a file that could not be read
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _read_config(rd: RunDir) -> tuple[dict, dict]:
-    doc = yaml.load(rd.config_path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
-    return doc, doc.get("_meta") or {}
-
-
-def _best_baseline(head: dict) -> dict | None:
-    """The baseline the fine-tuned model is judged against: the best one measured on the headline metric."""
-    measured = [b for b in head["baselines"] if b.get("value") is not None]
-    if not measured:
-        return None
-    # `better` is true when the fine-tuned model beats that baseline; the best baseline is the one with the
-    # smallest gain over it (a gain is signed so that > 0 means the fine-tuned model is better).
-    return min(measured, key=_signed_gain)
-
-
-def _signed_gain(b: dict) -> float:
-    if not b["delta"]:
-        return 0.0
-    return abs(b["delta"]) if b["better"] else -abs(b["delta"])
-
-
-def summarize(rd: RunDir) -> Summary:
-    """The runs-table row of `rd`; unreadable files leave their fields empty and name the problem."""
-    s = Summary(rd.name)
-    try:
-        cfg, meta = _read_config(rd)
-        s.task, s.created = str(cfg.get("task", "?")), str(meta.get("created", ""))
-        s.model = str((cfg.get("model") or {}).get("name", "?"))
-        s.method = str((cfg.get("method") or {}).get("name", "?"))
-        st = rd.status()
-        s.status, s.stage, s.error, s.updated = rd.state(), st.get("stage"), st.get("error"), st.get("updated", "")
-        metrics = rd.metrics()
-        s.tags = rd.tags()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RunDirError) as e:
-        s.problem = str(e)
-        return s
-    train = metrics.get("train") or {}
-    s.train_seconds, s.tokens_per_second = train.get("wall_seconds"), train.get("tokens_per_second")
-    test = metrics.get("test") or {}
-    head = headline(test)
-    if head is None:
-        return s
-    s.metric, s.metric_value, s.metric_ci = head["metric"], head["value"], head["ci"]
-    best = _best_baseline(head)
-    if best is not None:
-        s.baseline, s.baseline_value, s.baseline_ci = best["name"], best["value"], best.get("ci")
-        s.gain, s.p_value = _signed_gain(best), best.get("p")
-    return s
-
+__all__ = ["COLUMNS", "RunIndex", "Summary", "read_row", "select", "summarize"]
 
 _STATUS = 1   # status.json's place in RunDir.summary_files()
 
 
-def _stamp(rd: RunDir) -> tuple:
-    out = []
-    for p in rd.summary_files():
-        try:
-            st = os.stat(p)
-            out.append((st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append(None)
-    return tuple(out)
+def read_row(rd: RunDir, stamp: tuple | None = None) -> tuple[Summary, bool]:
+    """`rd`'s row from its summary file when it is in step with the run's files (`stamp`), else summarized
+    from those files; the flag says whether it was summarized (so the caller may store it)."""
+    row = rd.read_summary(stamp)
+    if row is not None:
+        return Summary.from_dict(row), False
+    return summarize(rd), True
 
 
 class RunIndex:
     """Summaries of every run folder under `runs_dir`, each re-read only when one of its small files changed.
 
-    The summaries and their stamps are also kept in `<runs>/_ui/index.json`, so a restarted dashboard
-    reads one file instead of every run (the first scan of 1,000 Banking77-sized runs takes seconds:
-    parsing the YAML configs dominates); a stamp that no longer matches is re-read as usual.
+    A run's row comes from its summary file (see `read_row`). The rows and their stamps are also kept in
+    `<runs>/_ui/index.json`, so a restarted dashboard reads one file instead of one per run; a stamp that
+    no longer matches is re-read as usual.
     """
 
     def __init__(self, runs_dir: Path, persist: bool = True):
@@ -141,13 +56,15 @@ class RunIndex:
         # One scan at a time: a request arriving during the start-up scan waits for it and then finds
         # everything cached, instead of parsing every run a second time beside it.
         self._scan = threading.Lock()
+        self._writable = True
+        self._left = 0   # folders the running scan has still to look at
 
     def _load(self) -> dict[str, tuple[tuple, Summary]]:
         if self.index_path is None:
             return {}
         try:
             doc = read_json(self.index_path)
-            return {name: (_tuple(e["stamp"]), Summary(**e["summary"])) for name, e in doc.get("runs", {}).items()}
+            return {name: (_tuple(e["stamp"]), Summary.from_dict(e["summary"])) for name, e in doc.get("runs", {}).items()}
         except (RunDirError, KeyError, TypeError) as e:
             log.warning(f"{self.index_path}: not used ({e}); the runs are read again")
             return {}
@@ -177,22 +94,41 @@ class RunIndex:
         with self._scan:
             return self._summaries()
 
+    def summaries_within(self, wait_s: float) -> tuple[list[Summary], int]:
+        """Every run's summary if a scan ends within `wait_s`; otherwise the rows known so far (read by the running
+        scan, or kept in the index file) and how many folders that scan has still to read (0: the rows are complete).
+
+        A page served this way never waits for a long first scan (folders made by a tunelab without summary files)."""
+        if self._scan.acquire(timeout=wait_s):
+            try:
+                return self._summaries(), 0
+            finally:
+                self._scan.release()
+        with self._lock:
+            return [s for _, s in self._cache.values()], max(self._left, 1)
+
     def _summaries(self) -> list[Summary]:
         out, seen, changed = [], set(), False
-        for rd in self.run_dirs():
-            stamp = _stamp(rd)
+        dirs = self.run_dirs()
+        for i, rd in enumerate(dirs):
+            self._left = len(dirs) - i
+            stamp = rd.summary_stamp()
             # A study folder has a config.yaml but no status.json: only folders without one pay for the check.
             if stamp[_STATUS] is None and StudyDir(rd.path).is_study():
                 continue
             with self._lock:
                 hit = self._cache.get(rd.name)
             if hit is None or hit[0] != stamp or hit[1].status == "running":
-                hit = (stamp, summarize(rd))
-                changed = changed or hit[1].status != "running"
+                row, summarized = read_row(rd, stamp)
+                if summarized:
+                    self._store(rd, row, stamp)
+                hit = (stamp, row)
+                changed = changed or row.status != "running"
                 with self._lock:
                     self._cache[rd.name] = hit
             out.append(hit[1])
             seen.add(rd.name)
+        self._left = 0
         with self._lock:
             gone = set(self._cache) - seen
             for name in gone:
@@ -200,6 +136,17 @@ class RunIndex:
         if changed or gone:
             self._save()
         return out
+
+    def _store(self, rd: RunDir, row: Summary, stamp: tuple) -> None:
+        """Write the summary file of a folder that lacked one (or had a stale one): the next scan reads it instead
+        of the run's files. Not when a file changed meanwhile (its writer stores its own), nor in a read-only folder."""
+        if not self._writable or rd.summary_stamp() != stamp:
+            return
+        try:
+            rd.write_summary(row.as_dict(), stamp)
+        except RunDirError as e:
+            self._writable = False   # said once, not once per run
+            log.warning(f"{e}; run summaries are read from each run's files on every start")
 
 
 def _tuple(stamp: list) -> tuple:

@@ -31,6 +31,8 @@ from tunelab.ui.state import Dashboard, RunNotFound, dashboard
 router = APIRouter(prefix="/ui", dependencies=[Depends(require_session)])
 
 # The dashboard's links in the app bar of every page of the app (serve/layout.html shows `app_nav`).
+# The runs page waits this long for a scan of the runs folder, then shows the rows read so far (see summaries_within).
+RUNS_PAGE_WAIT_S = 0.7
 NAV = [("/ui/runs", "Runs"), ("/ui/compare", "Compare"), ("/ui/studies", "Studies"), ("/ui/new", "New run"),
        ("/ui/jobs", "Jobs")]
 
@@ -60,10 +62,10 @@ def _study(dash: Dashboard, name: str):
 async def runs_page(request: Request, q: str = "", status: str = "", task: str = "", tag: str = "",
                     sort: str = "created", desc: bool = True, session: Session = Depends(require_session)):
     dash = dashboard(request)
-    every = await run_in_threadpool(dash.index.summaries)
+    every, reading = await run_in_threadpool(dash.index.summaries_within, RUNS_PAGE_WAIT_S)
     rows = select(every, q, status, task, tag, sort, desc)
     tags = sorted({t for s in every for t in s.tags})
-    return page(request, "runs", session, rows=rows, total=len(every), columns=COLUMNS, tags=tags,
+    return page(request, "runs", session, rows=rows, total=len(every), reading=reading, columns=COLUMNS, tags=tags,
                 statuses=sorted({s.status for s in every}), tasks=sorted({s.task for s in every}),
                 filters={"q": q, "status": status, "task": task, "tag": tag, "sort": sort, "desc": desc})
 

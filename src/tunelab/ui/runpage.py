@@ -7,7 +7,7 @@ from typing import Any
 
 from tunelab.core.rundir import RunDir
 from tunelab.report.html import report_context
-from tunelab.ui.index import summarize
+from tunelab.ui.index import read_row
 from tunelab.ui.state import Dashboard
 
 # The report's "training" section is replaced on this page by the live charts; the rest are shown as in report.html.
@@ -36,5 +36,5 @@ def _sections(rd: RunDir) -> dict[str, Any]:
 def run_context(dash: Dashboard, rd: RunDir) -> dict[str, Any]:
     """Everything templates/ui/run.html shows for `rd`."""
     report = dash.cached(f"report:{rd.name}", _stamp(rd), lambda: _sections(rd))
-    return {"name": rd.name, "summary": summarize(rd), "report": report, "charts": CHARTS,
+    return {"name": rd.name, "summary": read_row(rd)[0], "report": report, "charts": CHARTS,
             "downloads": sorted(rd.downloads()), "exported": rd.export_dir.is_dir()}
