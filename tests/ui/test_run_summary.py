@@ -28,7 +28,9 @@ def test_a_real_run_writes_its_summary_file(lab):
     assert row is not None, "the summary file is not in step with the run's files"
     assert row == index.summarize(rd).as_dict()
     assert (row["status"], row["task"], row["method"], row["metric"]) == ("complete", "sft", "lora", "accuracy")
-    assert row["metric_value"] == rd.metrics()["test"]["finetuned"]["accuracy"] and row["gain"] is not None
+    test = rd.metrics()["test"]
+    shown = test.get("finetuned_full_test") or test["finetuned"]   # the whole test set's when baselines used a subset
+    assert row["metric_value"] == shown["accuracy"] and row["gain"] is not None
     assert row["train_seconds"] == rd.metrics()["train"]["wall_seconds"] and row["tokens_per_second"] > 0
 
 
@@ -37,7 +39,7 @@ def test_every_writer_keeps_the_summary_in_step(runs):
     rd.set_tags(["best", "lr-1e-3"])
     assert rd.read_summary()["tags"] == ["best", "lr-1e-3"]
     test = rd.metrics()["test"]
-    test["finetuned"]["accuracy"] = 0.987
+    (test.get("finetuned_full_test") or test["finetuned"])["accuracy"] = 0.987
     rd.set_metrics("test", test)
     assert rd.read_summary()["metric_value"] == 0.987
     rd.update_metrics("train", {"wall_seconds": 42.0})
@@ -60,7 +62,7 @@ def test_a_missing_damaged_or_stale_summary_is_read_from_the_run_files(runs):
     assert rd.read_summary() is None and index.read_row(rd) == (truth, True)
     rd.refresh_summary()
     doc = rd.metrics()                                         # changed by hand, not through RunDir: stale
-    doc["test"]["finetuned"]["accuracy"] = 0.123
+    (doc["test"].get("finetuned_full_test") or doc["test"]["finetuned"])["accuracy"] = 0.123
     atomic_write_json(rd.metrics_json, doc)
     assert rd.read_summary() is None
     row, summarized = index.read_row(rd)
@@ -121,3 +123,17 @@ def test_the_runs_page_shows_what_a_long_scan_has_read_so_far(runs, monkeypatch)
         scan.join(60)
     rows, left = idx.summaries_within(5)
     assert left == 0 and sorted(s.name for s in rows) == ["intents-a", "intents-b"]
+
+
+def test_the_test_metric_is_the_whole_test_sets_and_the_gain_the_paired_one():
+    """Baselines measured on a subset: the row shows the fine-tuned model on the whole test set, and the gain and
+    p-value of the paired comparison on the subset."""
+    from tunelab.report.summary import Summary, _metrics
+
+    sub = {"n": 385, "accuracy": 0.90, "ci": {"accuracy": [0.87, 0.93]}, "p_value_vs": {"few_shot": 1e-60}}
+    full = {"n": 3071, "accuracy": 0.9036, "ci": {"accuracy": [0.894, 0.914]}}
+    base = {"n": 385, "accuracy": 0.16, "ci": {"accuracy": [0.13, 0.20]}}
+    s = Summary(name="x")
+    _metrics(s, {"test": {"finetuned": sub, "few_shot": base, "finetuned_full_test": full}})
+    assert (s.metric_value, s.metric_ci) == (0.9036, [0.894, 0.914])
+    assert s.gain == pytest.approx(0.74) and s.p_value == 1e-60 and s.baseline_value == 0.16

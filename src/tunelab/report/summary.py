@@ -109,6 +109,11 @@ def _metrics(s: Summary, metrics: dict) -> None:
     if head is None:
         return
     s.metric, s.metric_value, s.metric_ci = head["metric"], head["value"], head["ci"]
+    # The test metric is the whole test set's when the baselines were measured on a subset of it (the gain and
+    # its p-value stay the paired comparison on that subset).
+    full = (metrics.get("test") or {}).get("finetuned_full_test") or {}
+    if isinstance(full.get(s.metric), (int, float)):
+        s.metric_value, s.metric_ci = full[s.metric], (full.get("ci") or {}).get(s.metric)
     best = _best_baseline(head)
     if best is not None:
         s.baseline, s.baseline_value, s.baseline_ci = best["name"], best["value"], best.get("ci")

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 # Set on the decoder by `add_lower_hidden`: how many bottom layers the cached `hidden` already holds.
 CACHED_BELOW = "tunelab_cached_below"
+# Batches are padded to a multiple of this many tokens: oneDNN keeps the kernels it built for every distinct
+# tensor shape, so a batch width seen for the first time costs memory for the rest of the run.
+PAD_MULTIPLE = 8
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
@@ -66,7 +69,8 @@ def _swapped(decoder: nn.Module, **modules: nn.Module):
 
 
 def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
+    """Right-padded ids and mask, the width rounded up to a multiple of PAD_MULTIPLE."""
+    width = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
