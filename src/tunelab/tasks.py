@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from tunelab.train.collate import make_collator
+from tunelab.train.collate import PAD_MULTIPLE, make_collator
 from tunelab.train.loss import CausalLMObjective, ClassificationObjective
 from tunelab.train.render import encode_labels, encode_split
 
@@ -24,7 +24,7 @@ def _lm_collator(tokenizer, batching: str):
 def _classification_collator(tokenizer, batching: str):
     from transformers import DataCollatorWithPadding
 
-    return DataCollatorWithPadding(tokenizer)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=PAD_MULTIPLE)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from tunelab.evaluate.common import Systems, baseline_subset, prediction_rows, s
 from tunelab.methods import load_trained
 from tunelab.evaluate.generative import prompted_baselines, prompted_cost, prompting
 from tunelab.models import Precision, choose_precision, is_decoder, load_model, local_folder
+from tunelab.train.collate import PAD_MULTIPLE
 from tunelab.train.render import Renderer
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def label_phrase(label: str) -> str:
 
 def _batches(tokenizer, texts: list[str], batch_size: int, max_length: int, device: str, desc: str):
     for start in progress(range(0, len(texts), batch_size), desc=desc, unit="batch"):
-        enc = tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+        enc = tokenizer(texts[start:start + batch_size], padding=True, pad_to_multiple_of=PAD_MULTIPLE, truncation=True,
                         max_length=max_length, return_tensors="pt")
         yield {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 

@@ -32,6 +32,11 @@ def _round_up(n: int, multiple: int | None) -> int:
     return n if not multiple else -(-n // multiple) * multiple
 
 
+# Classification batches (training, the frozen-layer pass, evaluation) are padded to a multiple of this many
+# tokens. oneDNN keeps the kernels it built for every distinct tensor shape until the process ends, so each
+# batch width seen for the first time costs memory for the rest of the run: on the Banking77 demo (250
+# steps, 2 cores) padding to 8 took the peak RSS from 3.20 GB to 1.88 GB, at 726 tokens/s against 700.
+PAD_MULTIPLE = 8
 def collate_padded(examples: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad examples into `input_ids`, `attention_mask` and `labels` (-100 on pads), all [B, T]."""
     width = _round_up(max(len(e["input_ids"]) for e in examples), pad_to_multiple_of)

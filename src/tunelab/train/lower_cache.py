@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from tunelab.core.log import progress
+from tunelab.train.collate import PAD_MULTIPLE
 
 if TYPE_CHECKING:   # tunelab.models imports TASKS, which imports the objectives that import this module
     from tunelab.models import Precision
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 
 # Set on the decoder by `add_lower_hidden`: how many bottom layers the cached `hidden` already holds.
 CACHED_BELOW = "tunelab_cached_below"
-# Batches are padded to a multiple of this many tokens: oneDNN keeps the kernels it built for every distinct
-# tensor shape, so a batch width seen for the first time costs memory for the rest of the run.
-PAD_MULTIPLE = 8
 
 
 def decoder_of(model: nn.Module) -> nn.Module:
