@@ -153,6 +153,23 @@ def test_killed_mid_trial_then_rerun_gives_exactly_n_trials_none_duplicated(proj
     assert again.returncode == 0 and len(study_of(cfg).trials) == len(trials)   # a finished study runs nothing
 
 
+
+def test_a_trial_left_running_by_a_process_that_died_elsewhere_is_retried_by_the_rerun(project, tmp_path):
+    """A re-run that finds a trial still marked running by another process (no pid of this machine: it cannot
+    tell the process is gone) waits for its heartbeat to go stale, then runs the retry itself: N trials finish."""
+    args = [f"runs_dir={tmp_path}", "tune.n_trials=2", "tune.pruner=none", "tune.heartbeat_s=1"]
+    stage.run(config(project, *args[:1], "tune.n_trials=1", "tune.pruner=none", "tune.heartbeat_s=1"),
+              search_only=True)
+    cfg = config(project, *args)
+    held = study_of(cfg).ask()                                   # a trial "running elsewhere" ...
+    study_of(cfg)._storage.record_heartbeat(held._trial_id)      # ... whose process stopped beating
+    stage.run(cfg, search_only=True)
+    trials = study_of(cfg).trials
+    assert trials[held.number].state == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and any(t.system_attrs.get("failed_trial") == held.number for t in complete)
+
+
 # ------------------------------------------------------------------ two workers
 
 

@@ -65,8 +65,14 @@ def run(cfg: Config, n_workers: int = 1, search_only: bool = False, argv: list[s
              f"sampler {cfg.tune.sampler}, pruner {cfg.tune.pruner if not cfg.tune.also_minimize else 'none (multi-objective)'}")
     bar = StudyProgress(n, objective, c["complete"] + c["pruned"])
     if n_workers <= 1:
-        runner = TrialRunner(cfg, sd, study, objective, tokenizer, n, extra={})
-        work(runner, deadline(cfg), lambda: bar.refresh(study))
+        runner, until = TrialRunner(cfg, sd, study, objective, tokenizer, n, extra={}), deadline(cfg)
+        work(runner, until, lambda: bar.refresh(study))
+        if counts(study)["running"] and (until is None or time.time() < until):
+            # Trials another process still holds (a re-run while the interrupted one was exiting, or another
+            # machine): wait for them; a dead one's heartbeat goes stale, it is failed and queued again, and
+            # this process runs what the study still needs.
+            final.wait_for_others(study, lambda: bar.refresh(study))
+            work(runner, until, lambda: bar.refresh(study))
     else:
         workers.run_workers(sd, n_workers, argv or [], lambda: bar.refresh(study))
     bar.refresh(study)
