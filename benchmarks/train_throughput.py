@@ -121,6 +121,9 @@ def run_tunelab(a, runs_dir: str) -> dict:
     probe = Probe(a.warmup, lambda b: batch_counts(b, task.objective.counts(b)))
     # The product builds its collator from the task (train/stage.py build_trainer): count what it builds.
     TASKS[cfg.task] = dataclasses.replace(task, collator=lambda tok, batching: probe.counting(task.collator(tok, batching)))
+    # ... or, with method.freeze_below, the collator of the cached lower layers' batches (cache_lower_layers).
+    cached = train_stage.cached_collator
+    train_stage.cached_collator = lambda pad: probe.counting(cached(pad))
     start = time.perf_counter()
     result = train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[probe])
     out = rates(probe, a.warmup, cfg.train.grad_accum)
