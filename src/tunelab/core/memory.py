@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import sys
 
 
 @functools.cache
@@ -25,9 +26,12 @@ def _libc():
 
 
 def release() -> None:
-    """Collect unreachable objects, then return the C heap's free pages to the OS (glibc's
-    `malloc_trim`; elsewhere only the collection)."""
+    """Collect unreachable objects, empty torch's CUDA cache when a GPU is in use, then return the C heap's
+    free pages to the OS (glibc's `malloc_trim`; elsewhere only the collection)."""
     gc.collect()
+    torch = sys.modules.get("torch")   # never imported here: core stays light
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -11,8 +11,6 @@ random from the training set, like the run's own batches. Then one validation pa
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 import os
 import random
@@ -30,6 +28,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from tunelab.config import Config
+from tunelab.core import memory
 from tunelab.core.log import progress
 from tunelab.core.rundir import RunDir
 from tunelab.data import Prepared
@@ -104,18 +103,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def release_memory() -> None:
-    """Give freed memory back to the system (glibc keeps freed heap for reuse otherwise), so a
-    calibration never adds to the peak of the training that follows it in the same process."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass   # not glibc: nothing to trim
-
-
 def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, prec: Precision,
               train_ex: list[dict], val_ex: list[dict], steps: int = 4) -> Calibration:
     """Train `steps` + 1 optimizer steps and validate once with the run's own code; measure them."""
@@ -159,7 +146,7 @@ def calibrate(cfg: Config, prepared: Prepared, tokenizer, renderer: Renderer, pr
         peak_gpu = torch.cuda.max_memory_reserved() if prec.device == "cuda" else None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
         del trainer, model
-    release_memory()
+    memory.release()   # the calibration never adds to the peak of the training that follows it
     durations = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     return Calibration(steps=len(durations), step_seconds=sum(durations) / max(len(durations), 1),
                        tokens_per_step=_tokens(timed) / steps, eval_seconds_per_token=evaluate / max(_tokens(val_part), 1),

@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from tunelab.core.log import progress
 from tunelab.models import Precision
-from tunelab.train.collate import PAD_MULTIPLE
+from tunelab.train.collate import PAD_MULTIPLE, round_up
 
 MIN_SHARED_PREFIX = 8   # below this, prefilling the prefix separately saves less than it costs
 
@@ -134,7 +134,7 @@ class Decoder:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _batch(self, prefix_kv, n_prefix: int, suffixes: list[list[int]], trie, rows: "_Rows") -> list[Decoded]:
-        b, width = len(suffixes), -(-max(len(s) for s in suffixes) // PAD_MULTIPLE) * PAD_MULTIPLE   # few shapes
+        b, width = len(suffixes), round_up(max(len(s) for s in suffixes), PAD_MULTIPLE)   # few shapes
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         smask = torch.zeros((b, width), dtype=torch.long)
         for r, s in enumerate(suffixes):

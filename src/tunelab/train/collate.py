@@ -28,7 +28,8 @@ import torch
 from tunelab.core.records import IGNORE
 
 
-def _round_up(n: int, multiple: int | None) -> int:
+def round_up(n: int, multiple: int | None) -> int:
+    """`n` rounded up to a multiple of `multiple` (unchanged when it is None or 0)."""
     return n if not multiple else -(-n // multiple) * multiple
 
 
@@ -39,7 +40,7 @@ def _round_up(n: int, multiple: int | None) -> int:
 PAD_MULTIPLE = 8
 def collate_padded(examples: list[dict], pad_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """Right-pad examples into `input_ids`, `attention_mask` and `labels` (-100 on pads), all [B, T]."""
-    width = _round_up(max(len(e["input_ids"]) for e in examples), pad_to_multiple_of)
+    width = round_up(max(len(e["input_ids"]) for e in examples), pad_to_multiple_of)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -67,7 +68,7 @@ def collate_packed(examples: list[dict], pad_id: int, pad_to_multiple_of: int | 
         labels.append(IGNORE)
         labels.extend(e["labels"][1:])
         pos.extend(range(n))
-    pad = _round_up(len(ids), pad_to_multiple_of) - len(ids)
+    pad = round_up(len(ids), pad_to_multiple_of) - len(ids)
     ids.extend([pad_id] * pad)
     labels.extend([IGNORE] * pad)
     pos.extend(range(pad))
@@ -111,7 +112,7 @@ def collate_shared_prefix(examples: list[dict], pad_id: int, pad_to_multiple_of:
         labels.extend(e["labels"][p:])  # labels[p] is -100 by construction of p
         pos.extend(range(p, n))
         segment.extend([i] * (n - p))
-    pad = _round_up(len(ids), pad_to_multiple_of) - len(ids)
+    pad = round_up(len(ids), pad_to_multiple_of) - len(ids)
     ids.extend([pad_id] * pad)
     labels.extend([IGNORE] * pad)
     pos.extend(range(p, p + pad))

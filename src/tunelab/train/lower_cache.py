@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tunelab.core.log import progress
-from tunelab.train.collate import PAD_MULTIPLE
+from tunelab.train.collate import PAD_MULTIPLE, round_up
 
 if TYPE_CHECKING:   # tunelab.models imports TASKS, which imports the objectives that import this module
     from tunelab.models import Precision
@@ -68,7 +68,7 @@ def _swapped(decoder: nn.Module, **modules: nn.Module):
 
 def _padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and mask, the width rounded up to a multiple of PAD_MULTIPLE."""
-    width = -(-max(len(r) for r in rows) // PAD_MULTIPLE) * PAD_MULTIPLE
+    width = round_up(max(len(r) for r in rows), PAD_MULTIPLE)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
