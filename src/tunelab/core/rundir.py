@@ -213,6 +213,11 @@ class DashboardDir:
 # ---------------------------------------------------------------- the run folder
 
 
+def stamp_from_json(stamp: list) -> tuple:
+    """A `RunDir.summary_stamp()` read back from JSON (which stores its pairs as lists)."""
+    return tuple(tuple(x) if isinstance(x, list) else x for x in stamp)
+
+
 class RunDir:
     """One run folder. Open an existing one with `RunDir.open`, start one with `RunDir.create`."""
 
@@ -324,7 +329,7 @@ class RunDir:
         recorded = doc.get("sources")
         if not isinstance(row, dict) or not isinstance(recorded, list):
             return None
-        if tuple(tuple(x) if isinstance(x, list) else x for x in recorded) != (stamp or self.summary_stamp()):
+        if stamp_from_json(recorded) != (stamp or self.summary_stamp()):
             return None
         row = {**row, "name": self.name}   # a copied folder keeps its summary file, not its old name
         if row.get("status") == "running" and not _alive(doc.get("pid"), doc.get("host")):

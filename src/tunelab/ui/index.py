@@ -19,7 +19,8 @@ import os
 import threading
 from pathlib import Path
 
-from tunelab.core.rundir import DashboardDir, RunDir, RunDirError, StudyDir, atomic_write_json, read_json
+from tunelab.core.rundir import (DashboardDir, RunDir, RunDirError, StudyDir, atomic_write_json, read_json,
+                                 stamp_from_json)
 from tunelab.report.summary import Summary, summarize
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class RunIndex:
             return {}
         try:
             doc = read_json(self.index_path)
-            return {name: (_tuple(e["stamp"]), Summary.from_dict(e["summary"])) for name, e in doc.get("runs", {}).items()}
+            return {name: (stamp_from_json(e["stamp"]), Summary.from_dict(e["summary"])) for name, e in doc.get("runs", {}).items()}
         except (RunDirError, KeyError, TypeError) as e:
             log.warning(f"{self.index_path}: not used ({e}); the runs are read again")
             return {}
@@ -147,10 +148,6 @@ class RunIndex:
         except RunDirError as e:
             self._writable = False   # said once, not once per run
             log.warning(f"{e}; run summaries are read from each run's files on every start")
-
-
-def _tuple(stamp: list) -> tuple:
-    return tuple(tuple(x) if isinstance(x, list) else x for x in stamp)
 
 
 def _sort_key(column: str):
