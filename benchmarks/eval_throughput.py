@@ -1,24 +1,31 @@
-"""Evaluation throughput of `tunelab run`'s evaluation of the fine-tuned model vs transformers `generate`.
+"""Evaluation throughput of `tunelab run`'s evaluation of the fine-tuned model vs plain transformers.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--config examples/banking77/config.yaml]
-        [--examples 64] [--train-steps 2] [--repeats 1] [--json out.json]
+    .venv/bin/python benchmarks/eval_throughput.py [--config CONFIG ...] [--examples 64] [--train-steps 2]
+        [--repeats 1] [--json out.json]
 
-The product path: the config file (default: the demo's) is trained for `--train-steps` steps by the
-train stage (a fine-tuned model in `best/`, saved the way `tunelab run` saves it), then the evaluate
-stage (`tunelab.evaluate.stage.run`) scores it on a seeded `--examples` subset of the test split
+The product path: each config file (default: the demo's, examples/banking77/config.yaml, a classification
+head; and examples/banking77/dora.yaml, the same task as instruction tuning with a DoRA adapter, decoded
+under the label-set constraint) is trained for `--train-steps` steps by the train stage (a fine-tuned
+model in `best/`, saved the way `tunelab run` saves it), then the evaluate stage
+(`tunelab.evaluate.stage.run`) scores it on a seeded `--examples` subset of the test split
 (`eval.max_test`; baselines and the forgetting probe off, so only the fine-tuned system runs). Its
 rate is the evaluate stage's own timing of the fine-tuned system (metrics.json `eval_seconds`), with
 the precision (`precision: auto`), batch size, decoding and threads `tunelab run` uses for that
 config on this machine; the JSON records them with the CPU flags.
 
-The peer: the same fine-tuned model (the same `best/` folder loaded on the base model, PEFT adapter
-unmerged as the product has it) and the same prompt token ids, decoded greedily by `model.generate` in
-left-padded batches of `eval.batch_size`, stopping at the end-of-turn token or after as many new tokens
-as the longest label needs. "Its best flags": once in fp32 and once under bf16 autocast, the faster kept.
-A config whose task has no generation (a classification head) has no `generate` peer: the JSON says so.
+The peers run the same fine-tuned model (the same `best/` folder loaded on the base model, PEFT adapter
+unmerged as the product has it), once in fp32 and once under bf16 autocast ("its best flags"), the faster
+kept:
+- a generating config (task sft): the same prompt token ids decoded greedily by `model.generate` in
+  left-padded batches of `eval.batch_size`, stopping at the end-of-turn token or after as many new tokens
+  as the longest label needs (`eval_ratio` = the product's constrained decoding / generate; goal >= 3x);
+- a classification head: the same texts tokenized with padding to the longest in the batch, in test
+  order, batches of `eval.batch_size`, argmax of the logits — what a user writes around
+  `AutoModelForSequenceClassification` (`head_ratio`).
 
 Each side runs in its own subprocess (honest peak RSS); `--repeats` interleaves them and keeps each
-side's best (the machine may be shared: the load average is printed with every run).
+side's best (the machine may be shared: the load average is printed with every run). The JSON holds one
+entry per config under `configs` and, at the top, the CPU flags and each config's ratio.
 """
 
 from __future__ import annotations
@@ -98,6 +105,37 @@ def run_peer(cfg, precision: str) -> dict:
             "max_new_tokens": max_new, "torch_threads": torch.get_num_threads()}
 
 
+def run_head_peer(cfg, precision: str) -> dict:
+    """The fine-tuned classification model called the plain way: padded batches in test order, argmax."""
+    from tunelab.core.rundir import RunDir
+    from tunelab.data import load_prepared
+    from tunelab.evaluate.common import test_records
+    from tunelab.methods import load_trained
+    from tunelab.models import load_tokenizer
+    from tunelab.train.render import Renderer
+    from tunelab.train.stage import threads
+
+    rd = RunDir.for_config(cfg)
+    torch.set_num_threads(threads(cfg))
+    tok, prepared = load_tokenizer(cfg.model), load_prepared(rd.data)
+    test, labels = test_records(cfg, prepared), prepared.labels
+    renderer = Renderer(tok, cfg)
+    texts = [renderer.user_text(r) for r in test]
+    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method).eval()
+    start = time.perf_counter()
+    predicted = []
+    for i in range(0, len(texts), cfg.eval.batch_size):
+        batch = tok(texts[i:i + cfg.eval.batch_size], padding=True, truncation=True,
+                    max_length=cfg.data.max_length, return_tensors="pt")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            predicted += model(**batch).logits.argmax(-1).tolist()
+    seconds = time.perf_counter() - start
+    right = sum(labels[p] == str(r["output"]) for p, r in zip(predicted, test))
+    return {"examples_per_s": len(texts) / seconds, "seconds": seconds, "examples": len(texts),
+            "accuracy": right / len(texts), "peak_rss_gb": peak_rss_gb(), "precision": precision,
+            "torch_threads": torch.get_num_threads()}
+
+
 def generate(model, tok, prompts: list[list[int]], batch_size: int, max_new: int, end: list[int],
              precision: str) -> list[str]:
     """Greedy `generate` over left-padded batches; the decoded new text of each prompt."""
@@ -116,7 +154,9 @@ def generate(model, tok, prompts: list[list[int]], batch_size: int, max_new: int
 
 def child(a) -> None:
     cfg = _product.load(a.config, a.runs_dir, overrides(a))
-    result = run_tunelab(cfg) if a.side == "tunelab" else run_peer(cfg, a.side.split("-")[1])
+    precision = a.side.split("-")[-1]
+    result = run_tunelab(cfg) if a.side == "tunelab" else \
+        run_head_peer(cfg, precision) if a.side.startswith("head-") else run_peer(cfg, precision)
     write_json(a.result, result)
 
 
@@ -129,35 +169,37 @@ def spawn(a, side: str) -> dict:
 
 
 def report(a, runs: dict) -> dict:
+    """One config's figures: the product's rate and settings, and each peer's best."""
     best = {side: max(rs, key=lambda r: r["examples_per_s"]) for side, rs in runs.items() if rs}
     tl = best["tunelab"]
-    flat = {**_product.cpu_flags(), "config": str(a.config), "examples": tl["examples"], "loadavg": load_avg(),
+    flat = {"config": str(a.config), "examples": tl["examples"], "loadavg": load_avg(),
             **{k: tl[k] for k in ("precision", "batching", "threads", "task", "method", "eval_batch_size")},
             "tunelab_examples_per_s": tl["examples_per_s"], "tunelab_accuracy": tl["accuracy"],
             "tunelab_peak_rss_gb": tl["peak_rss_gb"], "tunelab_stage_wall_s": tl["stage_wall_s"],
             "train_steps": a.train_steps}
-    print(f"\nproduct chose: precision {tl['precision']!r}, eval batch {tl['eval_batch_size']}, threads "
-          f"{tl['threads']} (task {tl['task']}, method {tl['method']}); CPU {flat['cpu_model']}, AMX {flat['amx']}")
-    print(f"tunelab : {tl['examples_per_s']:.2f} examples/s on {tl['examples']} test examples, peak RSS "
-          f"{tl['peak_rss_gb']:.2f} GB")
-    peers = {s: r for s, r in best.items() if s.startswith("peer")}
+    print(f"\n{a.config}: product chose precision {tl['precision']!r}, eval batch {tl['eval_batch_size']}, threads "
+          f"{tl['threads']} (task {tl['task']}, method {tl['method']})")
+    print(f"tunelab : {tl['examples_per_s']:.2f} examples/s on {tl['examples']} test examples, accuracy "
+          f"{tl['accuracy']}, peak RSS {tl['peak_rss_gb']:.2f} GB")
+    peers = {s: r for s, r in best.items() if s != "tunelab"}
     for side, r in peers.items():
         flat[f"{side.replace('-', '_')}_examples_per_s"] = r["examples_per_s"]
     if peers:
         side, peer = max(peers.items(), key=lambda kv: kv[1]["examples_per_s"])
-        flat.update(peer_best=side, generate_examples_per_s=peer["examples_per_s"], generate_accuracy=peer["accuracy"],
-                    generate_peak_rss_gb=peer["peak_rss_gb"], eval_ratio=tl["examples_per_s"] / peer["examples_per_s"])
-        print(f"generate: {peer['examples_per_s']:.2f} examples/s ({side}), accuracy {peer['accuracy']}")
-        print(f"ratio tunelab/generate: {flat['eval_ratio']:.2f}x (goal >= 3x)")
-    else:
-        flat["peer"] = f"none: task {tl['task']} has no generation to compare with transformers generate"
-        print(flat["peer"])
+        what, key = ("transformers generate", "eval_ratio") if side.startswith("peer") else \
+            ("the plain padded forward of the classification model", "head_ratio")
+        flat.update(peer_best=side, peer=what, peer_examples_per_s=peer["examples_per_s"],
+                    peer_accuracy=peer["accuracy"], peer_peak_rss_gb=peer["peak_rss_gb"])
+        flat[key] = tl["examples_per_s"] / peer["examples_per_s"]
+        print(f"peer    : {peer['examples_per_s']:.2f} examples/s ({what}, {side}), accuracy {peer['accuracy']}")
+        print(f"ratio tunelab/peer: {flat[key]:.2f}x" + (" (goal >= 3x)" if key == "eval_ratio" else ""))
     return flat
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", type=Path, default=_product.DEMO_CONFIG, help="the config `tunelab run` would get")
+    ap.add_argument("--config", type=Path, action="append", help="a config `tunelab run` would get (repeatable; "
+                    "default: the demo's and examples/banking77/dora.yaml)")
     ap.add_argument("--examples", type=int, default=64, help="test examples (seeded subset, eval.max_test)")
     ap.add_argument("--train-steps", type=int, default=2, help="training steps before evaluating")
     ap.add_argument("--repeats", type=int, default=1)
@@ -168,25 +210,38 @@ def main() -> None:
     ap.add_argument("--runs-dir", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
+        a.config = a.config[0]
         return child(a)
+    configs = a.config or [_product.DEMO_CONFIG, _product.DEMO_CONFIG.parent / "dora.yaml"]
+    print(f"load average before: {load_avg()}; {os.cpu_count()} CPUs, torch {torch.__version__}", flush=True)
+    results = [measure(a, config) for config in configs]
+    out = {**_product.cpu_flags(), "configs": results}
+    for r in results:
+        for key in ("eval_ratio", "head_ratio"):
+            if key in r:
+                out.setdefault(key, r[key])
+                out.setdefault(f"{key}_config", r["config"])
+    write_json(a.json, out)
+
+
+def measure(a, config: Path) -> dict:
+    """Train `config` briefly, then time the product's evaluation and its peers on it."""
     from tunelab.tasks import TASKS
     from tunelab.train import stage as train_stage
 
-    print(f"load average before: {load_avg()}; {os.cpu_count()} CPUs, torch {torch.__version__}, config {a.config}",
-          flush=True)
+    a.config = config
     with tempfile.TemporaryDirectory() as runs_dir:
         a.runs_dir = runs_dir
-        cfg = _product.load(a.config, runs_dir, overrides(a))
+        cfg = _product.load(config, runs_dir, overrides(a))
         rd, tokenizer, prepared = _product.prepare(cfg)
         train_stage.run(cfg, rd, prepared, tokenizer)
-        sides = ["tunelab"]
-        if TASKS[cfg.task].serving == "chat":
-            sides += [f"peer-{p.strip()}" for p in a.peer_precisions.split(",") if p.strip()]
+        peer = {"chat": "peer", "classify": "head"}.get(TASKS[cfg.task].serving)   # a language model: none
+        sides = ["tunelab"] + [f"{peer}-{p.strip()}" for p in a.peer_precisions.split(",") if p.strip() and peer]
         runs: dict[str, list] = {s: [] for s in sides}
         for _ in range(a.repeats):
             for side in sides:
                 runs[side].append(spawn(a, side))
-    write_json(a.json, report(a, runs))
+    return report(a, runs)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """What pruning saves: the same study with and without the pruner, same seed, same trials budget.
 
-    python benchmarks/tune_pruning.py [--trials 16] [--steps 40] [--pruner median] [--json PATH]
+    python benchmarks/tune_pruning.py [--trials 16] [--steps 40] [--pruner median] [--sampler random] [--json PATH]
 
 Both studies run `tunelab tune`'s own code path (`tunelab.tune.stage.run`, search only) on a small real
 task that fits a shared 2-core CPU: 20 intents of this repository's Banking77 data (40 training and 10
@@ -9,6 +9,13 @@ all-MiniLM-L6-v2 frozen and a fresh classification head (as examples/banking77/m
 a trial is seconds and the learning rate decides most. The space is what a user would search: the
 learning rate over four decades, warm-up and weight decay; the objective is validation accuracy.
 The peer is Optuna without pruning (every trial runs to its last step).
+
+Both studies try the same configurations: the default sampler is Optuna's seeded random sampler, whose
+proposals do not depend on what earlier trials reported. With TPE (`--sampler tpe`) the pruned trials'
+intermediate values feed the next proposals, so the two studies search different configurations and a
+difference in best value mixes search luck with what pruning threw away; the benchmark prints whether
+the configurations matched (`same_configurations`). With the same configurations, the best value of the
+pruned study equals the unpruned one exactly when the pruner never stopped the eventual winner.
 
 Compute is counted in trial-steps (optimizer steps trained, summed over trials), which does not depend
 on what else runs on the machine; wall seconds are printed too. `pruning_saved_fraction` =
@@ -42,7 +49,7 @@ def write_subset(out: Path, intents: int, train_per: int, test_per: int) -> None
             w.writerows(r for lab in keep for r in [x for x in rows if x["category"] == lab][:per])
 
 
-def study_config(root: Path, pruner: str, trials: int, steps: int, threads: int):
+def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int, threads: int, warmup: int):
     from tunelab.config import config_from_dict
 
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
@@ -55,7 +62,9 @@ def study_config(root: Path, pruner: str, trials: int, steps: int, threads: int)
         "model": {"name": "minilm-l6"}, "method": {"name": "freeze", "trainable_layers": 0},
         "train": {"max_steps": steps, "eval_every": max(steps // 6, 1), "patience": None, "batch_size": 16,
                   "threads": threads, "precision": "fp32", "log_every": 10},
-        "tune": {"n_trials": trials, "pruner": pruner, "startup_trials": 4, "seed": 0, "space": space}})
+        "tune": {"n_trials": trials, "pruner": pruner, "sampler": sampler, "startup_trials": 4, "seed": 0,
+                 "warmup_steps": warmup,
+                 "space": space}})
 
 
 def measure(cfg) -> dict:
@@ -75,7 +84,9 @@ def measure(cfg) -> dict:
     return {"trials": len(finished), "pruned": sum(t.state == TrialState.PRUNED for t in finished),
             "trial_steps": sum(t.user_attrs.get("steps", 0) for t in finished),
             "best_value": best.value if best else None, "best_trial": best.number if best else None,
-            "best_params": best.params if best else None, "wall_seconds": round(wall, 1)}
+            "best_params": best.params if best else None, "wall_seconds": round(wall, 1),
+            "configurations": [t.params for t in sorted(finished, key=lambda t: t.number)],
+            "curves": {t.number: t.intermediate_values for t in finished}}
 
 
 def main() -> None:
@@ -83,7 +94,12 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=16)
     ap.add_argument("--intents", type=int, default=20)
     ap.add_argument("--pruner", default="median", choices=["median", "hyperband"])
+    ap.add_argument("--sampler", default="random", choices=["random", "tpe"],
+                    help="random: both studies try the same configurations (see the module's docstring)")
     ap.add_argument("--steps", type=int, default=40, help="optimizer steps of an unpruned trial")
+    ap.add_argument("--warmup-steps", type=int, default=10,
+                    help="tune.warmup_steps: no pruning before this step (a quarter of a trial, as "
+                         "examples/banking77/tune.yaml: 200 of 834)")
     # One thread: on a shared 2-core machine two OpenMP threads per process measured ~10x slower per step.
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path)
@@ -101,22 +117,31 @@ def main() -> None:
         write_subset(root, args.intents, 40, 10)
         results = {}
         for pruner in (args.pruner, "none"):
-            results[pruner] = measure(study_config(root, pruner, args.trials, args.steps, args.threads))
-            print(f"{pruner:>9}: {results[pruner]}", flush=True)
+            results[pruner] = measure(study_config(root, pruner, args.sampler, args.trials, args.steps, args.threads,
+                                                  args.warmup_steps))
+            shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves")}
+            print(f"{pruner:>9}: {shown}", flush=True)
     pruned, unpruned = results[args.pruner], results["none"]
     saved = 1 - pruned["trial_steps"] / unpruned["trial_steps"]
+    same = pruned["configurations"] == unpruned["configurations"]
     out = {"pruning_saved_fraction": round(saved, 4), "best_value_pruned": pruned["best_value"],
-           "best_value_unpruned": unpruned["best_value"], "pruner": args.pruner, "trials": args.trials,
+           "best_value_unpruned": unpruned["best_value"], "pruner": args.pruner, "pruner_warmup_steps": args.warmup_steps, "sampler": args.sampler,
+           "same_configurations": same, "best_trial_pruned": pruned["best_trial"],
+           "best_trial_unpruned": unpruned["best_trial"], "trials": args.trials,
            "trial_steps_pruned": pruned["trial_steps"], "trial_steps_unpruned": unpruned["trial_steps"],
            "trials_pruned": pruned["pruned"], "wall_seconds_pruned": pruned["wall_seconds"],
            "wall_seconds_unpruned": unpruned["wall_seconds"],
            "wall_ratio": round(unpruned["wall_seconds"] / max(pruned["wall_seconds"], 1e-9), 2),
+           # validation accuracy at each validation step of every trial: what a pruner saw
+           "curves_pruned": pruned["curves"], "curves_unpruned": unpruned["curves"],
            "setup": f"minilm-l6 frozen + classification head, {args.intents} Banking77 intents x 40 queries, "
-                    f"{args.steps} steps, validation accuracy, TPE seed 0, {args.threads} threads"}
+                    f"{args.steps} steps, validation accuracy, {args.sampler} sampler seed 0, no pruning before step "
+                    f"{args.warmup_steps}, {args.threads} threads"}
     print(f"pruning saved {saved:.1%} of trial-steps ({pruned['trial_steps']} vs {unpruned['trial_steps']}; "
           f"{pruned['pruned']} of {pruned['trials']} trials pruned); best validation accuracy "
           f"{pruned['best_value']:.4f} with pruning vs {unpruned['best_value']:.4f} without; "
-          f"wall {pruned['wall_seconds']:.0f}s vs {unpruned['wall_seconds']:.0f}s ({out['wall_ratio']}x)")
+          f"wall {pruned['wall_seconds']:.0f}s vs {unpruned['wall_seconds']:.0f}s ({out['wall_ratio']}x); "
+          f"same configurations tried: {'yes' if same else 'no'}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -76,3 +76,21 @@ def test_free_generation_matches_transformers_generate(setup):
 def test_labels_that_tokenize_identically_are_refused():
     with pytest.raises(ValueError, match="tokenize identically"):
         LabelTrie.build({"a": [1, 2], "b": [1, 2]})
+
+
+@torch.no_grad()
+def test_a_long_shared_prefix_cuts_the_batch_to_its_memory_budget(setup, monkeypatch):
+    from tunelab.evaluate import decoding
+
+    model, tok, r, prompts, trie, prec = setup
+    decoder = Decoder(model, prec, tok.pad_token_id, r.end_ids, batch_size=8)
+    prefix_kv = decoder._prefill(common_prefix(prompts))
+    row = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in prefix_kv)
+    assert decoder.rows_per_batch(prefix_kv) == 8 and decoder.rows_per_batch(None) == 8
+    monkeypatch.setattr(decoding, "PREFIX_KV_BUDGET", 3 * row)   # room for three copies of the prefix
+    assert decoder.rows_per_batch(prefix_kv) == 3
+    monkeypatch.setattr(decoding, "PREFIX_KV_BUDGET", row // 2)  # not even one: one row at a time
+    assert decoder.rows_per_batch(prefix_kv) == 1
+    cut = decoder.run(prompts, trie)
+    monkeypatch.setattr(decoding, "PREFIX_KV_BUDGET", 2**40)
+    assert [d.label for d in cut] == [d.label for d in decoder.run(prompts, trie)]

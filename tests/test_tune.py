@@ -281,7 +281,7 @@ def test_the_banking77_tune_starts_from_the_shipped_demo_config():
     shipped = dump_config(demo)
     shipped.pop("tune")
     assert start == shipped   # trial 0 trains exactly the shipped demo
-    assert tune.task == "classification" and tune.tune.pruner == "median" and tune.train.eval_every == 100
+    assert tune.task == "classification" and tune.tune.pruner == "median" and tune.train.eval_every == "auto"
 
 
 def test_the_report_embeds_optunas_four_views_of_a_study():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -130,7 +130,7 @@ class MethodConfig(_Section):
 
 class TrainConfig(_Section):
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(1.0, description="Passes over the training set (ignored when max_steps is set). `auto`: decided from the data (train/auto.py): about 27,000 examples seen (more with many classes: ~300 per class), at least one epoch and at most 10; the log and metrics.json `train.auto` say what was decided.")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     time_budget: float | None = Field(None, gt=0, description="Wall-clock seconds for the training loop. The first steps are timed (validation and saves included) and, when the planned steps would take longer, training ends at the last step that fits, with the learning-rate schedule re-aimed to end there; re-measured every 50 steps (the load of a shared machine changes). Never trains beyond the plan. The decision and its numbers are logged and kept in metrics.json `train.time_budget`. None = no budget.")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
@@ -141,7 +141,7 @@ class TrainConfig(_Section):
     scheduler: Literal["linear", "cosine", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     precision: Literal["auto", "bf16", "fp32", "fp16"] = Field("auto", description="`auto`: bf16 autocast on CPUs with AVX512-BF16/AMX and bf16-capable GPUs, fp32 otherwise; fp16 only on GPUs.")
-    eval_every: int = Field(50, ge=1, description="Compute validation loss every this many optimizer steps.")
+    eval_every: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(50, description="Compute validation loss every this many optimizer steps; `auto`: about 8 times in the run.")
     eval_examples: int | None = Field(256, ge=1, description="Validation loss is computed on a fixed seeded subset of at most this many validation examples (None = all).")
     patience: int | None = Field(3, ge=1, description="Early stopping: stop after this many validations without improvement (None = off).")
     min_delta: float = Field(0.0, ge=0.0, description="Early stopping: smallest validation-loss decrease that counts as improvement.")
@@ -154,6 +154,21 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train: `auto` picks CUDA when available.")
     stall_minutes: float | None = Field(30.0, gt=0, description="Stall watchdog: when training makes no progress (no micro-batch, optimizer step, validation or save) for this many minutes, print every process's stack and stop with the likely causes (a deadlocked collective, a dead rank, data imbalance, the network). None = off.")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description="Extra tracking sinks fed by the Trainer's integrations (metrics.jsonl is always written): tensorboard, mlflow (MLFLOW_TRACKING_URI or a sqlite store in the runs folder), wandb (offline unless WANDB_MODE says otherwise).")
+
+    @field_validator("epochs", "eval_every", mode="before")
+    @classmethod
+    def _number_or_auto(cls, v, info):
+        # One clear message instead of one per branch of the union.
+        if v == "auto":
+            return v
+        whole = info.field_name == "eval_every"
+        try:
+            number = None if isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or number <= 0 or (whole and not number.is_integer()):
+            raise ValueError(f"must be {'a whole number of steps' if whole else 'a number of passes'} above 0 or 'auto'")
+        return int(number) if whole else number
 
 
 class EvalConfig(_Section):

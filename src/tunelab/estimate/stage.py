@@ -26,6 +26,7 @@ from tunelab.estimate.memory import CUDA_CONTEXT, Memory, analytic, available, c
 from tunelab.methods import METHODS, check_method
 from tunelab.models import Precision, choose_precision, empty_model, load_tokenizer
 from tunelab.tasks import TASKS
+from tunelab.train import auto
 from tunelab.train.render import Renderer
 from tunelab.train.stage import encode, threads, validation_subset
 
@@ -105,9 +106,7 @@ def plan(cfg: Config, train_ex: list[dict], val_ex: list[dict], nproc: int) -> P
     then grouped by gradient accumulation; `max_steps` wins over `epochs`."""
     t = cfg.train
     tokens = sum(len(e["input_ids"]) for e in train_ex)
-    per_process = math.ceil(math.ceil(len(train_ex) / t.batch_size) / nproc)
-    per_epoch = per_process // t.grad_accum + int(per_process % t.grad_accum > 0)
-    steps = t.max_steps or math.ceil(t.epochs * per_epoch)
+    steps = t.max_steps or math.ceil(t.epochs * auto.steps_per_epoch(cfg, len(train_ex), nproc))
     evals = steps // t.eval_every + int(steps % t.eval_every > 0)
     per_step = t.batch_size * t.grad_accum
     return Plan(len(train_ex), tokens, steps, per_step, tokens / max(len(train_ex), 1) * per_step, evals,
@@ -153,6 +152,7 @@ def _seconds(p: Plan, cal: Calibration) -> dict:
 
 def run(cfg: Config, prepared: Prepared, tokenizer, nproc: int = 1, calibrate_steps: int = 4) -> Estimate:
     """Estimate the training of `cfg` on `prepared` in `nproc` processes; `calibrate_steps=0` counts only."""
+    cfg, _ = auto.resolve(cfg, len(prepared.splits["train"]), len(prepared.labels or []), nproc, quiet=True)
     prec = choose_precision(cfg.train)
     renderer = Renderer(tokenizer, cfg)
     quiet = logging.getLogger("tunelab.train")

@@ -22,6 +22,10 @@ from tunelab.models import Precision
 from tunelab.train.collate import PAD_MULTIPLE, round_up
 
 MIN_SHARED_PREFIX = 8   # below this, prefilling the prefix separately saves less than it costs
+# Every row of a batch gets its own copy of the shared prefix's KV cache (the cache grows by concatenation),
+# so a long prefix (a few-shot prompt: label list + solved examples) times the batch is most of the
+# evaluation's memory; the batch is cut so that those copies stay under this many bytes.
+PREFIX_KV_BUDGET = 384 * 2**20
 
 
 @dataclass
@@ -107,11 +111,12 @@ class Decoder:
         if len(prefix) < MIN_SHARED_PREFIX:
             prefix = []
         prefix_kv = self._prefill(prefix) if prefix else None
+        batch_size = self.rows_per_batch(prefix_kv)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))   # little padding per batch
         results: list[Decoded | None] = [None] * len(prompts)
         with progress(total=len(prompts), desc=desc or "decoding", unit="ex", leave=desc is not None) as bar:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
                 suffixes = [prompts[i][len(prefix):] for i in idx]
                 notify = (lambda r, ids, idx=idx: on_token(idx[r], ids)) if on_token else None
                 rows = _Rows([limits[i] for i in idx], [ignore[i] for i in idx], notify)
@@ -119,6 +124,13 @@ class Decoder:
                     results[i] = d
                 bar.update(len(idx))
         return results  # type: ignore[return-value]
+
+    def rows_per_batch(self, prefix_kv) -> int:
+        """`batch_size`, cut so that the batch's copies of the prefix's KV cache fit `PREFIX_KV_BUDGET`."""
+        if prefix_kv is None:
+            return self.batch_size
+        row = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in prefix_kv)
+        return max(1, min(self.batch_size, PREFIX_KV_BUDGET // max(row, 1)))
 
     def _forward(self, ids, mask, pos, cache, keep: int = 1):
         """Run the model; returns the logits of the last `keep` positions [B, keep, V] and the cache."""

@@ -22,7 +22,7 @@ from tunelab.data import Prepared, load_prepared
 from tunelab.methods import MethodError, apply_method, describe_trainable, load_kwargs, method_callbacks, param_groups
 from tunelab.models import Precision, choose_precision, load_model, load_tokenizer
 from tunelab.tasks import TASKS
-from tunelab.train import checkpoints, distributed, tracking
+from tunelab.train import auto, checkpoints, distributed, tracking
 from tunelab.train.budget import TimeBudget
 from tunelab.train.callbacks import BestCheckpoint, GradientGuard, RunLog, save_model
 from tunelab.train.lower_cache import add_lower_hidden, cached_collator
@@ -87,6 +87,8 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
     """
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model)
     prepared = prepared if prepared is not None else load_prepared(rd.data)
+    # Decided from the data before anything else reads the config (a resumed run decides the same).
+    cfg, decided = auto.resolve(cfg, len(prepared.splits["train"]), len(prepared.labels or []), world_size())
     point = checkpoints.resume_point(cfg, rd, prepared.manifest.get("fingerprint")) if resume else None
     with rd.stage("train", fresh=point is None) as entry:
         if point is not None:
@@ -125,6 +127,8 @@ def run(cfg: Config, rd: RunDir, prepared: Prepared | None = None, tokenizer=Non
                               stop.stopped_by)
         if budget:
             enc_stats["time_budget"] = budget.decisions
+        if decided:
+            enc_stats["auto"] = decided
         return finish(cfg, rd, trainer, best, prec, about, enc_stats)
 
 

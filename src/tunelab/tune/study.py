@@ -70,7 +70,9 @@ def _pruner(cfg: Config) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     if cfg.tune.pruner == "hyperband":
         # Resources are training steps, reported at each validation (train.eval_every).
-        return optuna.pruners.HyperbandPruner(min_resource=cfg.train.eval_every, max_resource="auto")
+        # `eval_every: auto` is decided per trial from the data: Optuna then reads it off the first trial.
+        every = cfg.train.eval_every
+        return optuna.pruners.HyperbandPruner(min_resource="auto" if every == "auto" else every, max_resource="auto")
     return optuna.pruners.MedianPruner(n_startup_trials=cfg.tune.startup_trials,
                                        n_warmup_steps=cfg.tune.warmup_steps)
 
