@@ -42,9 +42,9 @@ def test_explicit_values_are_kept():
 
 
 def test_bad_values_name_the_field():
-    for train, words in (({"epochs": "soon"}, "train.epochs"), ({"eval_every": 2.5}, "train.eval_every")):
+    for section, words in (({"epochs": "soon"}, "train.epochs"), ({"eval_every": 2.5}, "train.eval_every")):
         with pytest.raises(Exception, match=f"{words}.*above 0 or 'auto'"):
-            _cfg(**train)
+            _cfg(**section)
 
 
 def test_a_run_with_auto_trains_what_it_logged(tmp_path, caplog):
