@@ -86,7 +86,8 @@ def measure(cfg) -> dict:
             "best_value": best.value if best else None, "best_trial": best.number if best else None,
             "best_params": best.params if best else None, "wall_seconds": round(wall, 1),
             "configurations": [t.params for t in sorted(finished, key=lambda t: t.number)],
-            "curves": {t.number: t.intermediate_values for t in finished}}
+            "curves": {t.number: t.intermediate_values for t in finished},
+            "values": {t.number: t.value for t in finished}}
 
 
 def main() -> None:
@@ -119,7 +120,7 @@ def main() -> None:
         for pruner in (args.pruner, "none"):
             results[pruner] = measure(study_config(root, pruner, args.sampler, args.trials, args.steps, args.threads,
                                                   args.warmup_steps))
-            shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves")}
+            shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves", "values")}
             print(f"{pruner:>9}: {shown}", flush=True)
     pruned, unpruned = results[args.pruner], results["none"]
     saved = 1 - pruned["trial_steps"] / unpruned["trial_steps"]
@@ -134,6 +135,7 @@ def main() -> None:
            "wall_ratio": round(unpruned["wall_seconds"] / max(pruned["wall_seconds"], 1e-9), 2),
            # validation accuracy at each validation step of every trial: what a pruner saw
            "curves_pruned": pruned["curves"], "curves_unpruned": unpruned["curves"],
+           "values_unpruned": unpruned["values"],
            "setup": f"minilm-l6 frozen + classification head, {args.intents} Banking77 intents x 40 queries, "
                     f"{args.steps} steps, validation accuracy, {args.sampler} sampler seed 0, no pruning before step "
                     f"{args.warmup_steps}, {args.threads} threads"}
