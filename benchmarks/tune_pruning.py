@@ -49,7 +49,8 @@ def write_subset(out: Path, intents: int, train_per: int, test_per: int) -> None
             w.writerows(r for lab in keep for r in [x for x in rows if x["category"] == lab][:per])
 
 
-def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int, threads: int, warmup: int):
+def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int, threads: int, warmup: int,
+                 seed: int = 0):
     from tunelab.config import config_from_dict
 
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
@@ -62,7 +63,7 @@ def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int,
         "model": {"name": "minilm-l6"}, "method": {"name": "freeze", "trainable_layers": 0},
         "train": {"max_steps": steps, "eval_every": max(steps // 6, 1), "patience": None, "batch_size": 16,
                   "threads": threads, "precision": "fp32", "log_every": 10},
-        "tune": {"n_trials": trials, "pruner": pruner, "sampler": sampler, "startup_trials": 4, "seed": 0,
+        "tune": {"n_trials": trials, "pruner": pruner, "sampler": sampler, "startup_trials": 4, "seed": seed,
                  "warmup_steps": warmup,
                  "space": space}})
 
@@ -103,6 +104,7 @@ def main() -> None:
                          "examples/banking77/tune.yaml: 200 of 834)")
     # One thread: on a shared 2-core machine two OpenMP threads per process measured ~10x slower per step.
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0, help="tune.seed: the sampler's seed (other configurations)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
@@ -119,14 +121,15 @@ def main() -> None:
         results = {}
         for pruner in (args.pruner, "none"):
             results[pruner] = measure(study_config(root, pruner, args.sampler, args.trials, args.steps, args.threads,
-                                                  args.warmup_steps))
+                                                  args.warmup_steps, args.seed))
             shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves", "values")}
             print(f"{pruner:>9}: {shown}", flush=True)
     pruned, unpruned = results[args.pruner], results["none"]
     saved = 1 - pruned["trial_steps"] / unpruned["trial_steps"]
     same = pruned["configurations"] == unpruned["configurations"]
     out = {"pruning_saved_fraction": round(saved, 4), "best_value_pruned": pruned["best_value"],
-           "best_value_unpruned": unpruned["best_value"], "pruner": args.pruner, "pruner_warmup_steps": args.warmup_steps, "sampler": args.sampler,
+           "best_value_unpruned": unpruned["best_value"], "pruner": args.pruner,
+           "pruner_warmup_steps": args.warmup_steps, "sampler": args.sampler, "seed": args.seed,
            "same_configurations": same, "best_trial_pruned": pruned["best_trial"],
            "best_trial_unpruned": unpruned["best_trial"], "trials": args.trials,
            "trial_steps_pruned": pruned["trial_steps"], "trial_steps_unpruned": unpruned["trial_steps"],
@@ -137,7 +140,7 @@ def main() -> None:
            "curves_pruned": pruned["curves"], "curves_unpruned": unpruned["curves"],
            "values_unpruned": unpruned["values"],
            "setup": f"minilm-l6 frozen + classification head, {args.intents} Banking77 intents x 40 queries, "
-                    f"{args.steps} steps, validation accuracy, {args.sampler} sampler seed 0, no pruning before step "
+                    f"{args.steps} steps, validation accuracy, {args.sampler} sampler seed {args.seed}, no pruning before step "
                     f"{args.warmup_steps}, {args.threads} threads"}
     print(f"pruning saved {saved:.1%} of trial-steps ({pruned['trial_steps']} vs {unpruned['trial_steps']}; "
           f"{pruned['pruned']} of {pruned['trials']} trials pruned); best validation accuracy "
