@@ -335,7 +335,7 @@ CASES = [
     Case("model_without_tokenizer", _no_tokenizer, 2, ["has no tokenizer files", "copy them from the base model"]),
     Case("gguf_not_gguf", _not_gguf, 2, ["x.gguf is not a GGUF file (it starts with b'not '"]),
     Case("epochs_inf", lambda c: ["validate", c.config("x"), "train.epochs=inf"], 2,
-         ["train.epochs: Input should be a finite number"]),
+         ["train.epochs: Value error, must be a finite number of passes above 0 or 'auto' (found 'inf')"]),
     Case("embedded_typo", lambda c: ["validate", c.config("x", **{"model.name": "smollm2-135m-instrct"})], 2,
          ["did you mean 'smollm2-135m-instruct'?"]),
     # misleading messages before this issue

@@ -7,6 +7,7 @@ models; unknown keys are rejected (`extra="forbid"`). Loading and overrides are 
 from __future__ import annotations
 
 import codecs
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -166,8 +167,9 @@ class TrainConfig(_Section):
             number = None if isinstance(v, bool) else float(v)
         except (TypeError, ValueError):
             number = None
-        if number is None or number <= 0 or (whole and not number.is_integer()):
-            raise ValueError(f"must be {'a whole number of steps' if whole else 'a number of passes'} above 0 or 'auto'")
+        if number is None or not math.isfinite(number) or number <= 0 or (whole and not number.is_integer()):
+            raise ValueError(f"must be {'a whole number of steps' if whole else 'a finite number of passes'} above 0 "
+                             "or 'auto'")
         return int(number) if whole else number
 
 
