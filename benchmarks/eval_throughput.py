@@ -73,67 +73,61 @@ def run_tunelab(cfg) -> dict:
             **_product.chosen_settings(cfg, choose_precision(cfg.train).reason), "eval_batch_size": cfg.eval.batch_size}
 
 
+class FineTuned:
+    """What both peers start from: the run's fine-tuned model (`best/`, adapter unmerged), its tokenizer and
+    renderer, and the test examples the product scored, with torch's threads as the product sets them."""
+
+    def __init__(self, cfg):
+        from tunelab.core.rundir import RunDir
+        from tunelab.data import load_prepared
+        from tunelab.evaluate.common import test_records
+        from tunelab.methods import load_trained
+        from tunelab.models import load_tokenizer
+        from tunelab.train.render import Renderer
+        from tunelab.train.stage import threads
+
+        rd = RunDir.for_config(cfg)
+        torch.set_num_threads(threads(cfg))
+        self.tok, self.prepared = load_tokenizer(cfg.model), load_prepared(rd.data)
+        self.test, self.labels = test_records(cfg, self.prepared), self.prepared.labels
+        self.renderer = Renderer(self.tok, cfg)
+        self.model = load_trained(cfg.model, rd.best, cfg.task, labels=self.labels, method=cfg.method).eval()
+
+    def result(self, answers: list[str], seconds: float, precision: str, **extra) -> dict:
+        right = sum(a == str(r["output"]) for a, r in zip(answers, self.test))
+        return {"examples_per_s": len(answers) / seconds, "seconds": seconds, "examples": len(answers),
+                "accuracy": right / len(answers), "peak_rss_gb": peak_rss_gb(), "precision": precision,
+                "torch_threads": torch.get_num_threads(), **extra}
+
+
 def run_peer(cfg, precision: str) -> dict:
     """transformers `generate`, greedy, left-padded batches, on the fine-tuned model and the product's prompts."""
-    from tunelab.core.rundir import RunDir
-    from tunelab.data import load_prepared
-    from tunelab.evaluate.common import test_records
     from tunelab.evaluate.generative import label_trie
     from tunelab.evaluate.prompts import PromptBuilder, ShotPicker
-    from tunelab.methods import load_trained
-    from tunelab.models import load_tokenizer
-    from tunelab.train.render import Renderer
-    from tunelab.train.stage import threads
 
-    rd = RunDir.for_config(cfg)
-    torch.set_num_threads(threads(cfg))
-    tok, prepared = load_tokenizer(cfg.model), load_prepared(rd.data)
-    test, labels = test_records(cfg, prepared), prepared.labels
-    renderer = Renderer(tok, cfg)
-    prompts = PromptBuilder(renderer, labels, ShotPicker(prepared.splits["train"], 1, 0, labels))
+    ft = FineTuned(cfg)
+    labels, test = ft.labels, ft.test
+    prompts = PromptBuilder(ft.renderer, labels, ShotPicker(ft.prepared.splits["train"], 1, 0, labels))
     ids = [prompts.finetuned(r) for r in test]
-    max_new = max(len(s) for s in label_trie(renderer, labels, test[0]).sequences()) if labels \
+    max_new = max(len(s) for s in label_trie(ft.renderer, labels, test[0]).sequences()) if labels \
         else cfg.eval.max_new_tokens
-    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method).eval()
-    end = sorted(renderer.end_ids)
     start = time.perf_counter()
-    texts = generate(model, tok, ids, cfg.eval.batch_size, max_new, end, precision)
-    seconds = time.perf_counter() - start
-    right = sum(t == str(r["output"]) for t, r in zip(texts, test))
-    return {"examples_per_s": len(ids) / seconds, "seconds": seconds, "examples": len(ids),
-            "accuracy": right / len(ids), "peak_rss_gb": peak_rss_gb(), "precision": precision,
-            "max_new_tokens": max_new, "torch_threads": torch.get_num_threads()}
+    texts = generate(ft.model, ft.tok, ids, cfg.eval.batch_size, max_new, sorted(ft.renderer.end_ids), precision)
+    return ft.result(texts, time.perf_counter() - start, precision, max_new_tokens=max_new)
 
 
 def run_head_peer(cfg, precision: str) -> dict:
     """The fine-tuned classification model called the plain way: padded batches in test order, argmax."""
-    from tunelab.core.rundir import RunDir
-    from tunelab.data import load_prepared
-    from tunelab.evaluate.common import test_records
-    from tunelab.methods import load_trained
-    from tunelab.models import load_tokenizer
-    from tunelab.train.render import Renderer
-    from tunelab.train.stage import threads
-
-    rd = RunDir.for_config(cfg)
-    torch.set_num_threads(threads(cfg))
-    tok, prepared = load_tokenizer(cfg.model), load_prepared(rd.data)
-    test, labels = test_records(cfg, prepared), prepared.labels
-    renderer = Renderer(tok, cfg)
-    texts = [renderer.user_text(r) for r in test]
-    model = load_trained(cfg.model, rd.best, cfg.task, labels=labels, method=cfg.method).eval()
+    ft = FineTuned(cfg)
+    texts = [ft.renderer.user_text(r) for r in ft.test]
     start = time.perf_counter()
     predicted = []
     for i in range(0, len(texts), cfg.eval.batch_size):
-        batch = tok(texts[i:i + cfg.eval.batch_size], padding=True, truncation=True,
-                    max_length=cfg.data.max_length, return_tensors="pt")
+        batch = ft.tok(texts[i:i + cfg.eval.batch_size], padding=True, truncation=True,
+                       max_length=cfg.data.max_length, return_tensors="pt")
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            predicted += model(**batch).logits.argmax(-1).tolist()
-    seconds = time.perf_counter() - start
-    right = sum(labels[p] == str(r["output"]) for p, r in zip(predicted, test))
-    return {"examples_per_s": len(texts) / seconds, "seconds": seconds, "examples": len(texts),
-            "accuracy": right / len(texts), "peak_rss_gb": peak_rss_gb(), "precision": precision,
-            "torch_threads": torch.get_num_threads()}
+            predicted += ft.model(**batch).logits.argmax(-1).tolist()
+    return ft.result([ft.labels[p] for p in predicted], time.perf_counter() - start, precision)
 
 
 def generate(model, tok, prompts: list[list[int]], batch_size: int, max_new: int, end: list[int],

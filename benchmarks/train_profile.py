@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 import _product  # noqa: E402
 from _common import load_avg, write_json  # noqa: E402
@@ -51,32 +53,24 @@ def group_of(name: str) -> str:
     return "other ops"
 
 
-class Profile:
-    """A TrainerCallback that profiles the steps after `warmup`."""
+class Profile(TrainerCallback):
+    """Profile the optimizer steps after `warmup` (to the end of training) with torch.profiler."""
 
     def __init__(self, warmup: int):
-        from torch.profiler import ProfilerActivity, profile
+        self.warmup, self.prof = warmup, profile(activities=[ProfilerActivity.CPU])
+        self.start, self.wall, self.steps = 0.0, 0.0, 0
 
-        self.warmup, self.prof, self.start, self.wall, self.steps = warmup, profile(activities=[ProfilerActivity.CPU]), 0.0, 0.0, 0
+    def on_step_begin(self, args, state, control, **kw):
+        if state.global_step == self.warmup:
+            self.prof.__enter__()
+            self.start = time.perf_counter()
 
-    def callback(self):
-        from transformers import TrainerCallback
-
-        outer = self
-
-        class _CB(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                if state.global_step == outer.warmup:
-                    outer.prof.__enter__()
-                    outer.start = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                if state.global_step > outer.warmup:
-                    outer.steps += 1
-                if state.global_step == state.max_steps and outer.start:
-                    outer.wall = time.perf_counter() - outer.start
-                    outer.prof.__exit__(None, None, None)
-        return _CB()
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step > self.warmup:
+            self.steps += 1
+        if state.global_step == state.max_steps and self.start:
+            self.wall = time.perf_counter() - self.start
+            self.prof.__exit__(None, None, None)
 
 
 def child(a) -> dict:
@@ -89,7 +83,7 @@ def child(a) -> dict:
                                                   "name=bench-profile"])
         rd, tokenizer, prepared = _product.prepare(cfg)
         p = Profile(a.warmup)
-        result = train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[p.callback()])
+        result = train_stage.run(cfg, rd, prepared, tokenizer, callbacks=[p])
     groups: dict[str, float] = {}
     for e in p.prof.key_averages():
         if e.self_cpu_time_total > 0:

@@ -35,8 +35,9 @@ def steps_per_epoch(cfg: Config, examples: int, nproc: int) -> int:
 
 
 def resolve(cfg: Config, examples: int, classes: int, nproc: int = 1, quiet: bool = False) -> tuple[Config, dict]:
-    """`cfg` with `epochs: auto` turned into `max_steps` and `eval_every: auto` into a step count, and the
-    decisions (empty when nothing was `auto`). `classes`: labels of a label-set task, 0 otherwise."""
+    """`cfg` with `epochs: auto` turned into a whole number of epochs and `eval_every: auto` into a step
+    count, and the decisions (empty when nothing was `auto`). `classes`: labels of a label-set task, 0
+    otherwise."""
     t, decided, update = cfg.train, {}, {}
     per_epoch = steps_per_epoch(cfg, examples, nproc)
     steps = t.max_steps or math.ceil((t.epochs if t.epochs != "auto" else 1) * per_epoch)
@@ -60,8 +61,8 @@ def resolve(cfg: Config, examples: int, classes: int, nproc: int = 1, quiet: boo
     elif t.epochs == "auto":
         update["epochs"] = 1.0   # max_steps decides; the Trainer still wants a number
     if t.eval_every == "auto":
-        every = max(10, round(steps / AUTO_VALIDATIONS / 10) * 10) if steps >= 10 * AUTO_VALIDATIONS else \
-            max(1, steps // AUTO_VALIDATIONS)
+        every = steps / AUTO_VALIDATIONS   # round numbers from 10 steps up
+        every = max(10, round(every / 10) * 10) if every >= 10 else max(1, int(every))
         decided["eval_every"] = every
         update["eval_every"] = every
         if not quiet:
