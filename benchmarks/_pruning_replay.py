@@ -17,15 +17,22 @@ import warnings
 
 import optuna
 
-RULES = {
-    "median, start-up 4, from step 0": lambda: optuna.pruners.MedianPruner(4, 0),
-    "median, start-up 4, from step 10": lambda: optuna.pruners.MedianPruner(4, 10),
-    "median, start-up 4, from step 20": lambda: optuna.pruners.MedianPruner(4, 20),
-    "25th percentile, start-up 4, from step 10": lambda: optuna.pruners.PercentilePruner(25.0, 4, 10),
-    "patient (1) median, from step 10": lambda: optuna.pruners.PatientPruner(optuna.pruners.MedianPruner(4, 10), 1),
-    "hyperband, min 6 steps": lambda: optuna.pruners.HyperbandPruner(min_resource=6, max_resource=40),
-    "successive halving, min 6 steps": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=6),
-}
+
+def rules(last: int, warm: int, every: int) -> dict:
+    """Pruning rules to replay, for trials of `last` steps validated every `every` steps (`warm`: the benchmark's
+    tune.warmup_steps)."""
+    return {
+        "median, start-up 4, from step 0": lambda: optuna.pruners.MedianPruner(4, 0),
+        f"median, start-up 4, from step {warm}": lambda: optuna.pruners.MedianPruner(4, warm),
+        f"median, start-up 4, from step {2 * warm}": lambda: optuna.pruners.MedianPruner(4, 2 * warm),
+        f"25th percentile, start-up 4, from step {warm}": lambda: optuna.pruners.PercentilePruner(25.0, 4, warm),
+        f"patient (1) median, from step {warm}": lambda: optuna.pruners.PatientPruner(
+            optuna.pruners.MedianPruner(4, warm), 1),
+        f"hyperband, min {every} steps": lambda: optuna.pruners.HyperbandPruner(min_resource=every,
+                                                                              max_resource=last),
+        f"successive halving, min {every} steps": lambda: optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=every),
+    }
 
 
 def replay(curves: dict[int, dict[int, float]], values: dict[int, float], pruner) -> tuple[float, float | None]:
@@ -54,8 +61,10 @@ def main() -> None:
     curves = {int(k): {int(s): v for s, v in c.items()} for k, c in data["curves_unpruned"].items()}
     values = {int(k): v for k, v in data["values_unpruned"].items()}
     top = max(values.values())
+    last = max(max(c) for c in curves.values())
+    every = min(min(c) for c in curves.values())
     print(f"{sys.argv[1]}: {len(curves)} trials, unpruned best {top}")
-    for name, make in RULES.items():
+    for name, make in rules(last, data.get("pruner_warmup_steps", last // 4), every).items():
         saved, best = replay(curves, values, make())
         print(f"  {name:42s} saved {saved:6.1%}  best {best}{'  (equal)' if best == top else ''}")
 

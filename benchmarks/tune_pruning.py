@@ -1,10 +1,11 @@
 """What pruning saves: the same study with and without the pruner, same seed, same trials budget.
 
-    python benchmarks/tune_pruning.py [--trials 16] [--steps 40] [--pruner median] [--sampler random] [--json PATH]
+    python benchmarks/tune_pruning.py [--trials 16] [--steps 80] [--pruner median] [--sampler random] [--seed 0] [--json PATH]
 
 Both studies run `tunelab tune`'s own code path (`tunelab.tune.stage.run`, search only) on a small real
-task that fits a shared 2-core CPU: 20 intents of this repository's Banking77 data (40 training and 10
-test queries each; validation carved from training), `task: classification` with the embedded
+task that fits a shared 2-core CPU: 20 intents of this repository's Banking77 data (40 training, 10
+validation and 10 test queries each: 200 validation queries, the number `tune.eval_examples` judges a
+trial on by default), `task: classification` with the embedded
 all-MiniLM-L6-v2 frozen and a fresh classification head (as examples/banking77/minilm_head.yaml), so
 a trial is seconds and the learning rate decides most. The space is what a user would search: the
 learning rate over four decades, warm-up and weight decay; the objective is validation accuracy.
@@ -37,20 +38,25 @@ ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = ROOT / "examples" / "banking77"
 
 
-def write_subset(out: Path, intents: int, train_per: int, test_per: int) -> None:
-    """The first `intents` intents (sorted by name) of Banking77: `train_per` train, `test_per` test queries each."""
-    for name, per in (("train.csv", train_per), ("test.csv", test_per)):
-        with (BANKING77 / name).open(encoding="utf-8", newline="") as f:
+def write_subset(out: Path, intents: int, train_per: int, val_per: int, test_per: int) -> None:
+    """The first `intents` intents (sorted by name) of Banking77: `train_per` train, `val_per` validation (the
+    next queries of Banking77's training file, disjoint from train) and `test_per` test queries each."""
+    parts = (("train.csv", "train.csv", 0, train_per), ("validation.csv", "train.csv", train_per, val_per),
+             ("test.csv", "test.csv", 0, test_per))
+    for name, source, skip, per in parts:
+        if not per:
+            continue
+        with (BANKING77 / source).open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         keep = sorted({r["category"] for r in rows})[:intents]
         with (out / name).open("w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["text", "category"])
             w.writeheader()
-            w.writerows(r for lab in keep for r in [x for x in rows if x["category"] == lab][:per])
+            w.writerows(r for lab in keep for r in [x for x in rows if x["category"] == lab][skip:skip + per])
 
 
 def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int, threads: int, warmup: int,
-                 seed: int = 0):
+                 seed: int = 0, validation: bool = True):
     from tunelab.config import config_from_dict
 
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
@@ -58,10 +64,11 @@ def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int,
              "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}
     return config_from_dict({
         "name": f"prune-{pruner}", "task": "classification", "runs_dir": str(root / "runs"), "base_dir": str(root),
-        "data": {"train": "train.csv", "test": "test.csv", "input_columns": ["text"], "output_column": "category",
+        "data": {"train": "train.csv", "test": "test.csv", "validation": "validation.csv" if validation else None,
+                 "input_columns": ["text"], "output_column": "category",
                  "max_length": 48, "dedup": {"near": False}, "leakage": "drop"},
         "model": {"name": "minilm-l6"}, "method": {"name": "freeze", "trainable_layers": 0},
-        "train": {"max_steps": steps, "eval_every": max(steps // 6, 1), "patience": None, "batch_size": 16,
+        "train": {"max_steps": steps, "eval_every": max(steps // 8, 1), "patience": None, "batch_size": 16,
                   "threads": threads, "precision": "fp32", "log_every": 10},
         "tune": {"n_trials": trials, "pruner": pruner, "sampler": sampler, "startup_trials": 4, "seed": seed,
                  "warmup_steps": warmup,
@@ -98,15 +105,22 @@ def main() -> None:
     ap.add_argument("--pruner", default="median", choices=["median", "hyperband"])
     ap.add_argument("--sampler", default="random", choices=["random", "tpe"],
                     help="random: both studies try the same configurations (see the module's docstring)")
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps of an unpruned trial")
-    ap.add_argument("--warmup-steps", type=int, default=10,
-                    help="tune.warmup_steps: no pruning before this step (a quarter of a trial, as "
+    ap.add_argument("--steps", type=int, default=80,
+                    help="optimizer steps of an unpruned trial (80 x 16 = 1.6 passes over the 800 training queries: "
+                         "the curves flatten before the end, as in a real study); validation every steps/8")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="tune.warmup_steps: no pruning before this step (default: a quarter of a trial, as "
                          "examples/banking77/tune.yaml: 200 of 834)")
     # One thread: on a shared 2-core machine two OpenMP threads per process measured ~10x slower per step.
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="tune.seed: the sampler's seed (other configurations)")
+    ap.add_argument("--val-per-intent", type=int, default=10,
+                    help="validation queries per intent, disjoint from train: 10 x 20 intents = 200, the size "
+                         "tune.eval_examples judges trials on by default; 0 = carve 10%% of train (80 queries)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.warmup_steps is None:
+        args.warmup_steps = args.steps // 4
 
     from tunelab import runtime_defaults
     from tunelab.core.log import setup_cli_logging
@@ -117,11 +131,11 @@ def main() -> None:
     os.environ.setdefault("TUNELAB_PROGRESS", "0")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        write_subset(root, args.intents, 40, 10)
+        write_subset(root, args.intents, 40, args.val_per_intent, 10)
         results = {}
         for pruner in (args.pruner, "none"):
             results[pruner] = measure(study_config(root, pruner, args.sampler, args.trials, args.steps, args.threads,
-                                                  args.warmup_steps, args.seed))
+                                                  args.warmup_steps, args.seed, args.val_per_intent > 0))
             shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves", "values")}
             print(f"{pruner:>9}: {shown}", flush=True)
     pruned, unpruned = results[args.pruner], results["none"]
@@ -138,9 +152,9 @@ def main() -> None:
            "wall_ratio": round(unpruned["wall_seconds"] / max(pruned["wall_seconds"], 1e-9), 2),
            # validation accuracy at each validation step of every trial: what a pruner saw
            "curves_pruned": pruned["curves"], "curves_unpruned": unpruned["curves"],
-           "values_unpruned": unpruned["values"],
+           "values_unpruned": unpruned["values"], "configurations": unpruned["configurations"],
            "setup": f"minilm-l6 frozen + classification head, {args.intents} Banking77 intents x 40 queries, "
-                    f"{args.steps} steps, validation accuracy, {args.sampler} sampler seed {args.seed}, no pruning before step "
+                    f"{args.steps} steps, validation accuracy on {args.val_per_intent * args.intents or 'a 10% carve of train'} queries, {args.sampler} sampler seed {args.seed}, no pruning before step "
                     f"{args.warmup_steps}, {args.threads} threads"}
     print(f"pruning saved {saved:.1%} of trial-steps ({pruned['trial_steps']} vs {unpruned['trial_steps']}; "
           f"{pruned['pruned']} of {pruned['trials']} trials pruned); best validation accuracy "
