@@ -1,14 +1,17 @@
 """What pruning saves: the same study with and without the pruner, same seed, same trials budget.
 
-    python benchmarks/tune_pruning.py [--trials 16] [--steps 80] [--pruner median] [--sampler random] [--seed 0] [--json PATH]
+    python benchmarks/tune_pruning.py [--trials 16] [--steps 80] [--pruner median] [--sampler random] [--seed 0]
+        [--json PATH]
 
 Both studies run `tunelab tune`'s own code path (`tunelab.tune.stage.run`, search only) on a small real
 task that fits a shared 2-core CPU: 20 intents of this repository's Banking77 data (40 training, 10
 validation and 10 test queries each: 200 validation queries, the number `tune.eval_examples` judges a
-trial on by default), `task: classification` with the embedded
-all-MiniLM-L6-v2 frozen and a fresh classification head (as examples/banking77/minilm_head.yaml), so
-a trial is seconds and the learning rate decides most. The space is what a user would search: the
-learning rate over four decades, warm-up and weight decay; the objective is validation accuracy.
+trial on by default), `task: classification` with the embedded all-MiniLM-L6-v2 frozen and a fresh
+classification head (as examples/banking77/minilm_head.yaml), so a trial is seconds and the learning
+rate decides most. An unpruned trial trains 80 steps (1.6 passes), validated every 10; no trial is
+pruned before a quarter of its steps, nor before 4 trials completed. The space is what a user would
+search: the learning rate over four decades, warm-up and weight decay; the objective is validation
+accuracy.
 The peer is Optuna without pruning (every trial runs to its last step).
 
 Both studies try the same configurations: the default sampler is Optuna's seeded random sampler, whose
@@ -107,7 +110,7 @@ def main() -> None:
                     help="random: both studies try the same configurations (see the module's docstring)")
     ap.add_argument("--steps", type=int, default=80,
                     help="optimizer steps of an unpruned trial (80 x 16 = 1.6 passes over the 800 training queries: "
-                         "the curves flatten before the end, as in a real study); validation every steps/8")
+                         "most curves flatten before the end, as in a real study); validation every steps/8")
     ap.add_argument("--warmup-steps", type=int, default=None,
                     help="tune.warmup_steps: no pruning before this step (default: a quarter of a trial, as "
                          "examples/banking77/tune.yaml: 200 of 834)")
@@ -154,7 +157,9 @@ def main() -> None:
            "curves_pruned": pruned["curves"], "curves_unpruned": unpruned["curves"],
            "values_unpruned": unpruned["values"], "configurations": unpruned["configurations"],
            "setup": f"minilm-l6 frozen + classification head, {args.intents} Banking77 intents x 40 queries, "
-                    f"{args.steps} steps, validation accuracy on {args.val_per_intent * args.intents or 'a 10% carve of train'} queries, {args.sampler} sampler seed {args.seed}, no pruning before step "
+                    f"{args.steps} steps, validation accuracy on "
+                    f"{args.val_per_intent * args.intents or 'a 10% carve of train'} queries, "
+                    f"{args.sampler} sampler seed {args.seed}, no pruning before step "
                     f"{args.warmup_steps}, {args.threads} threads"}
     print(f"pruning saved {saved:.1%} of trial-steps ({pruned['trial_steps']} vs {unpruned['trial_steps']}; "
           f"{pruned['pruned']} of {pruned['trials']} trials pruned); best validation accuracy "
