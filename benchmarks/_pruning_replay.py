@@ -35,9 +35,11 @@ def rules(last: int, warm: int, every: int) -> dict:
     }
 
 
-def replay(curves: dict[int, dict[int, float]], values: dict[int, float], pruner) -> tuple[float, float | None]:
-    last = max(max(c) for c in curves.values())
-    study = optuna.create_study(direction="maximize", pruner=pruner, sampler=optuna.samplers.RandomSampler(0))
+def replay(curves: dict[int, dict[int, float]], values: dict[int, float], pruner,
+           last: int) -> tuple[float, float | None]:
+    # Hyperband puts a trial in a bracket by a hash of the study's name: the name `--pruner hyperband` gives.
+    study = optuna.create_study(study_name="prune-hyperband-tune", direction="maximize", pruner=pruner,
+                                sampler=optuna.samplers.RandomSampler(0))
     steps, best = 0, None
     for number in sorted(curves):
         trial = study.ask()
@@ -65,7 +67,7 @@ def main() -> None:
     every = min(min(c) for c in curves.values())
     print(f"{sys.argv[1]}: {len(curves)} trials, unpruned best {top}")
     for name, make in rules(last, data.get("pruner_warmup_steps", last // 4), every).items():
-        saved, best = replay(curves, values, make())
+        saved, best = replay(curves, values, make(), last)
         print(f"  {name:42s} saved {saved:6.1%}  best {best}{'  (equal)' if best == top else ''}")
 
 

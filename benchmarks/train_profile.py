@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class Profile(TrainerCallback):
 def child(a) -> dict:
     from tunelab.train import stage as train_stage
 
-    with __import__("tempfile").TemporaryDirectory() as runs_dir:
+    with tempfile.TemporaryDirectory() as runs_dir:
         cfg = _product.load(a.config, runs_dir, [f"train.max_steps={a.warmup + a.steps}", "train.eval_every=1000000",
                                                   "train.save_every=null", "train.patience=null",
                                                   "train.eval_examples=16", f"train.threads={a.threads}",

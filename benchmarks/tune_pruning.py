@@ -44,30 +44,34 @@ BANKING77 = ROOT / "examples" / "banking77"
 def write_subset(out: Path, intents: int, train_per: int, val_per: int, test_per: int) -> None:
     """The first `intents` intents (sorted by name) of Banking77: `train_per` train, `val_per` validation (the
     next queries of Banking77's training file, disjoint from train) and `test_per` test queries each."""
+    by_intent = {}
+    for source in ("train.csv", "test.csv"):
+        with (BANKING77 / source).open(encoding="utf-8", newline="") as f:
+            groups: dict[str, list[dict]] = {}
+            for r in csv.DictReader(f):
+                groups.setdefault(r["category"], []).append(r)
+        by_intent[source] = [groups[lab] for lab in sorted(groups)[:intents]]
     parts = (("train.csv", "train.csv", 0, train_per), ("validation.csv", "train.csv", train_per, val_per),
              ("test.csv", "test.csv", 0, test_per))
     for name, source, skip, per in parts:
-        if not per:
-            continue
-        with (BANKING77 / source).open(encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-        keep = sorted({r["category"] for r in rows})[:intents]
-        with (out / name).open("w", encoding="utf-8", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["text", "category"])
-            w.writeheader()
-            w.writerows(r for lab in keep for r in [x for x in rows if x["category"] == lab][skip:skip + per])
+        if per:
+            with (out / name).open("w", encoding="utf-8", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["text", "category"])
+                w.writeheader()
+                w.writerows(r for rows in by_intent[source] for r in rows[skip:skip + per])
 
 
 def study_config(root: Path, pruner: str, sampler: str, trials: int, steps: int, threads: int, warmup: int,
-                 seed: int = 0, validation: bool = True):
+                 seed: int = 0):
     from tunelab.config import config_from_dict
 
+    validation = "validation.csv" if (root / "validation.csv").exists() else None
     space = {"train.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
              "train.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.3},
              "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}
     return config_from_dict({
         "name": f"prune-{pruner}", "task": "classification", "runs_dir": str(root / "runs"), "base_dir": str(root),
-        "data": {"train": "train.csv", "test": "test.csv", "validation": "validation.csv" if validation else None,
+        "data": {"train": "train.csv", "test": "test.csv", "validation": validation,
                  "input_columns": ["text"], "output_column": "category",
                  "max_length": 48, "dedup": {"near": False}, "leakage": "drop"},
         "model": {"name": "minilm-l6"}, "method": {"name": "freeze", "trainable_layers": 0},
@@ -138,7 +142,7 @@ def main() -> None:
         results = {}
         for pruner in (args.pruner, "none"):
             results[pruner] = measure(study_config(root, pruner, args.sampler, args.trials, args.steps, args.threads,
-                                                  args.warmup_steps, args.seed, args.val_per_intent > 0))
+                                                  args.warmup_steps, args.seed))
             shown = {k: v for k, v in results[pruner].items() if k not in ("configurations", "curves", "values")}
             print(f"{pruner:>9}: {shown}", flush=True)
     pruned, unpruned = results[args.pruner], results["none"]
